@@ -1,0 +1,70 @@
+# masque-relay — the two commands a newcomer runs are `make demo` and `make test`.
+# Both start from nothing on Debian 12 as root: `deps` installs what is missing.
+
+SHELL       := /bin/bash
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+# Debian packages: the BPF toolchain, the network tools the tests and demo drive,
+# and what the venv needs to build the extension.
+APT_PACKAGES := clang llvm libbpf-dev libxdp-dev xdp-tools bpftool libssl-dev \
+                iproute2 nftables iperf3 iputils-ping tcpdump procps \
+                gcc make python3 python3-venv python3-dev
+
+.PHONY: all deps apt venv build bpf test demo bench bench-smoke lint clean distclean
+
+all: build bpf
+
+deps: apt venv build bpf
+
+# Idempotent: asks apt only for packages that are not installed yet.
+apt:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "apt: all packages present"; fi
+
+$(VENV)/.installed: pyproject.toml setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel 'Cython>=3.1,<3.4'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,dev]'
+	@touch $@
+
+venv: apt $(VENV)/.installed
+
+build: venv
+	$(PY) setup.py -q build_ext --inplace
+
+bpf: apt
+	$(MAKE) -C bpf
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: deps
+	$(PY) -m tests.demo
+
+bench: deps
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-smoke: deps
+	$(PY) -m bench --smoke
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy masque relay client netio _fastpath bench tests
+
+clean:
+	rm -rf build *.egg-info _fastpath/_core.c _fastpath/*.so bench/results
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+	-$(MAKE) -C bpf clean
+
+distclean: clean
+	rm -rf $(VENV)

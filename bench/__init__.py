@@ -1,0 +1,1 @@
+"""Benchmarks of masque-relay on the namespace test bed (``make bench``)."""
