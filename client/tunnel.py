@@ -1,0 +1,416 @@
+"""The client service: connect, authenticate, configure the TUN, carry packets, reconnect.
+
+One attempt::
+
+    QUIC + TLS handshake (certificate checked: CA, pin, or --insecure)
+    -> extended CONNECT connect-ip  -> 2xx
+    -> ADDRESS_ASSIGN + ROUTE_ADVERTISEMENT
+    -> TUN (addresses, MTU) + routes (advertised / full / given), relay pinned
+    -> packets until the connection or the stream ends
+    -> TUN and routes removed; retry with exponential backoff
+
+A 401/403 is final (exit code 3): retrying cannot fix credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, ErrorCode
+from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
+
+from client.dataplane import ClientDataPlane
+from client.routes import RouteManager
+from client.tls import TlsPolicy
+from masque.capsule import IpAddressRange
+from masque.events import AddressesAssigned, RoutesAdvertised, SessionAborted
+from masque.events import DatagramReceived as CapsuleDatagram
+from masque.request import build_connect_ip_headers
+from masque.session import ConnectIpSession, Role
+from masque.template import TARGET_ANY, TargetScope, UriTemplate
+from netio import aioquic_internals
+from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload
+from netio.tun import TunDevice
+
+log = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+QUIC_MAX_UDP_PAYLOAD = 1452
+#: Our QUIC idle timeout and keep-alive: a dead relay is noticed within seconds.
+IDLE_TIMEOUT = 10.0
+KEEPALIVE_INTERVAL = 3.0
+#: Cap on the tunnel MTU: the relay's default TUN MTU.
+DEFAULT_MAX_MTU = 1400
+_CONTEXT_ZERO = b"\x00"
+
+
+class Refused(Exception):
+    """The relay answered the CONNECT-IP request with a non-2xx status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"relay refused the request with status {status}")
+        self.status = status
+
+
+class Disconnected(Exception):
+    """The connection or the CONNECT-IP stream ended."""
+
+
+@dataclass
+class ClientOptions:
+    """What ``masque-client`` was asked to do (see client/cli.py)."""
+
+    relay_host: str
+    relay_port: int
+    tls: TlsPolicy
+    token: str | None = None
+    server_name: str | None = None
+    template: str | None = None
+    target: TargetScope = TARGET_ANY
+    ipproto: int | None = None
+    datagrams: bool = True
+    routes: str = "advertised"  # advertised | full | comma-separated CIDRs
+    tun_name: str = "mqtun0"
+    mtu: int = DEFAULT_MAX_MTU
+    reconnect_max: float = 30.0
+    send_queue_packets: int = 1024
+
+
+def _line(out: TextIO, word: str, **fields: object) -> None:
+    text = " ".join(f"{key}={value}" for key, value in fields.items())
+    print(f"{word} {text}".rstrip(), file=out, flush=True)
+
+
+class ClientProtocol(QuicConnectionProtocol):
+    """The QUIC connection to the relay, with HTTP/3 on top."""
+
+    def __init__(self, quic: QuicConnection, *, datagrams: bool, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self.h3 = ConnectIpH3Connection(quic, enable_datagrams=datagrams)
+        self.handler: Any = None  # the _Attempt in charge, once the request is sent
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated):
+            self.close_reason = event.reason_phrase or f"error-{event.error_code}"
+            self.closed.set()
+        for h3_event in self.h3.handle_event(event):
+            if self.handler is not None:
+                self.handler.h3_event(h3_event)
+
+
+@dataclass
+class _Attempt:
+    """One connection's CONNECT-IP request and what it set up."""
+
+    protocol: ClientProtocol
+    options: ClientOptions
+    stream_id: int
+    session: ConnectIpSession = field(default_factory=lambda: ConnectIpSession(Role.CLIENT))
+    status: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    assigned: asyncio.Event = field(default_factory=asyncio.Event)
+    routed: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    end_reason: str = ""
+    dataplane: ClientDataPlane | None = None
+    early_packets: list[bytes] = field(default_factory=list)
+
+    def h3_event(self, event: H3Event) -> None:
+        if isinstance(event, DatagramReceived):
+            if event.stream_id != self.stream_id:
+                return
+            packet = self.session.receive_datagram(event.data)
+            if packet is not None:
+                self._deliver(packet)
+        elif isinstance(event, HeadersReceived) and event.stream_id == self.stream_id:
+            if not self.status.done():
+                status = dict(event.headers).get(b":status", b"0")
+                self.status.set_result(int(status) if status.isdigit() else 0)
+            if event.stream_ended:
+                self._end("stream-ended")
+        elif isinstance(event, DataReceived) and event.stream_id == self.stream_id:
+            for capsule_event in self.session.receive_capsule_data(
+                event.data, end_stream=event.stream_ended
+            ):
+                if isinstance(capsule_event, AddressesAssigned):
+                    self.assigned.set()
+                elif isinstance(capsule_event, RoutesAdvertised):
+                    self.routed.set()
+                elif isinstance(capsule_event, CapsuleDatagram):
+                    self._deliver(capsule_event.packet)
+                elif isinstance(capsule_event, SessionAborted):
+                    log.warning("relay broke the protocol: %s", capsule_event.reason)
+                    self._end(f"protocol-error:{capsule_event.rule}")
+            if event.stream_ended:
+                self._end("stream-ended")
+
+    def _deliver(self, packet: bytes | memoryview) -> None:
+        if self.dataplane is not None:
+            self.dataplane.from_relay((packet,))
+        elif len(self.early_packets) < 64:
+            self.early_packets.append(bytes(packet))
+
+    def _end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    @property
+    def carrier(self) -> str:
+        use_datagrams = self.options.datagrams and self.protocol.h3.datagrams_negotiated
+        return "datagram" if use_datagrams else "capsule"
+
+    def send_packets(self, packets: list[bytes]) -> int:
+        """Send a batch to the relay on this session's carrier; one transmit per batch."""
+        h3, quic = self.protocol.h3, self.protocol._quic
+        bound = self.options.send_queue_packets
+        sent = 0
+        if self.carrier == "datagram":
+            for packet in packets:
+                if aioquic_internals.pending_datagram_count(quic) >= bound:
+                    break
+                h3.send_datagram(self.stream_id, _CONTEXT_ZERO + packet)
+                sent += 1
+        else:
+            limit = bound * 1500
+            for packet in packets:
+                if aioquic_internals.stream_send_buffered(quic, self.stream_id) >= limit:
+                    break
+                h3.send_data(self.stream_id, self.session.send_datagram_capsule(packet), False)
+                sent += 1
+        if sent:
+            self.protocol.transmit()
+        return sent
+
+
+class ClientTunnel:
+    """Keeps a tunnel to the relay up until cancelled; see the module docstring."""
+
+    def __init__(self, options: ClientOptions, out: TextIO = sys.stdout) -> None:
+        self.options = options
+        self.out = out
+
+    async def run(self) -> int:
+        """Connect and reconnect until cancelled; return the exit code on a final refusal."""
+        backoff = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                reason = await self._attempt()
+            except Refused as refused:
+                _line(self.out, "refused", status=refused.status)
+                if refused.status in (401, 403):
+                    return 3
+                reason = f"refused-{refused.status}"
+            except (ConnectionError, OSError, TimeoutError) as error:
+                reason = type(error).__name__
+                log.warning("connection to the relay failed: %s", error)
+            if time.monotonic() - started > 30:
+                backoff = 0.5  # the last session was healthy: start over
+            _line(self.out, "disconnected", reason=reason or "unknown", retry_in=f"{backoff:g}")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.options.reconnect_max)
+
+    def _configuration(self) -> QuicConfiguration:
+        opts = self.options
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=H3_ALPN,
+            max_datagram_size=QUIC_MAX_UDP_PAYLOAD,
+            idle_timeout=IDLE_TIMEOUT,
+            server_name=opts.server_name or opts.relay_host,
+            max_data=16 << 20,
+            max_stream_data=8 << 20,
+        )
+        if opts.datagrams:
+            configuration.max_datagram_frame_size = 65536
+        opts.tls.apply(configuration)
+        return configuration
+
+    async def _attempt(self) -> str:
+        opts = self.options
+        configuration = self._configuration()
+
+        def create_protocol(quic: QuicConnection, **kwargs: Any) -> ClientProtocol:
+            return ClientProtocol(quic, datagrams=opts.datagrams, **kwargs)
+
+        async with contextlib.AsyncExitStack() as stack:
+            protocol = await asyncio.wait_for(
+                stack.enter_async_context(
+                    connect(
+                        opts.relay_host,
+                        opts.relay_port,
+                        configuration=configuration,
+                        create_protocol=create_protocol,
+                    )
+                ),
+                timeout=IDLE_TIMEOUT,
+            )
+            assert isinstance(protocol, ClientProtocol)
+            opts.tls.check_peer(protocol._quic)
+            return await self._session(protocol, stack)
+        return "closed"
+
+    async def _session(self, protocol: ClientProtocol, stack: contextlib.AsyncExitStack) -> str:
+        opts = self.options
+        quic = protocol._quic
+        template = UriTemplate.parse(
+            opts.template
+            or UriTemplate.default(_authority_host(opts.relay_host), opts.relay_port).text
+        )
+        stream_id = quic.get_next_available_stream_id()
+        attempt = _Attempt(protocol, opts, stream_id)
+        protocol.handler = attempt
+        headers = build_connect_ip_headers(
+            template,
+            opts.target,
+            opts.ipproto,
+            authorization=f"Bearer {opts.token}" if opts.token else None,
+        )
+        protocol.h3.send_headers(stream_id, headers, end_stream=False)
+        protocol.transmit()
+
+        status = await _until(attempt.status, protocol, 10.0)
+        if not 200 <= status < 300:
+            raise Refused(status)
+        _line(
+            self.out,
+            "connected",
+            relay=f"{_authority_host(opts.relay_host)}:{opts.relay_port}",
+            carrier=attempt.carrier,
+        )
+        await _until(asyncio.ensure_future(_both(attempt.assigned, attempt.routed)), protocol, 10.0)
+
+        # TUN + routes, removed whatever happens next.
+        mtu = opts.mtu
+        if attempt.carrier == "datagram":
+            mtu = min(mtu, max_http_datagram_payload(quic, stream_id) - 1)
+        if any(a.ip_prefix.version == 6 for a in attempt.session.local_addresses):
+            mtu = max(mtu, 1280)  # RFC 9484 §7.2: an IPv6 tunnel offers at least 1280
+        tun = TunDevice.open(opts.tun_name, mtu=mtu)
+        stack.callback(tun.close)
+        for assigned in attempt.session.local_addresses:
+            tun.add_address(ipaddress.ip_interface(str(assigned.ip_prefix)))
+        relay_ips = await _relay_addresses(opts.relay_host, opts.relay_port)
+        routes = RouteManager(tun.name, relay_addresses=relay_ips)
+        stack.callback(routes.restore)
+        installed = self._install_routes(routes, attempt.session.peer_routes)
+
+        dataplane = ClientDataPlane(tun, attempt.session, attempt.send_packets, max_packet=mtu)
+        attempt.dataplane = dataplane
+        dataplane.from_relay(attempt.early_packets)
+        attempt.early_packets.clear()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(tun.fileno(), dataplane.on_tun_readable)
+        stack.callback(loop.remove_reader, tun.fileno())
+        keepalive = asyncio.create_task(_keepalive(protocol))
+        stack.callback(keepalive.cancel)
+
+        v4 = [a.ip_prefix for a in attempt.session.local_addresses if a.ip_prefix.version == 4]
+        v6 = [a.ip_prefix for a in attempt.session.local_addresses if a.ip_prefix.version == 6]
+        _line(
+            self.out,
+            "ready",
+            tun=tun.name,
+            mtu=mtu,
+            v4=v4[0] if v4 else "-",
+            v6=v6[0] if v6 else "-",
+            routes=installed,
+        )
+
+        ended = asyncio.ensure_future(attempt.ended.wait())
+        closed = asyncio.ensure_future(protocol.closed.wait())
+        try:
+            await asyncio.wait({ended, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            closed.cancel()
+            if not protocol.closed.is_set():
+                quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="client leaving")
+                protocol.transmit()
+        return attempt.end_reason or protocol.close_reason or "closed"
+
+    def _install_routes(self, routes: RouteManager, ranges: tuple[IpAddressRange, ...]) -> int:
+        mode = self.options.routes
+        if mode == "full":
+            routes.full_tunnel()
+        elif mode == "advertised":
+            prefixes = _ranges_to_prefixes(ranges)
+            whole = {p.version for p in prefixes if p.prefixlen == 0}
+            if whole:
+                routes.full_tunnel(ipv4=4 in whole, ipv6=6 in whole)
+            routes.add_routes([p for p in prefixes if p.prefixlen != 0])
+        else:
+            routes.add_routes([ipaddress.ip_network(p.strip()) for p in mode.split(",")])
+        return len(routes.routes)
+
+
+def _ranges_to_prefixes(ranges: tuple[IpAddressRange, ...]) -> list[IPNetwork]:
+    """The prefixes covering the advertised ranges (protocol restrictions are the relay's)."""
+    prefixes: set[IPNetwork] = set()
+    for item in ranges:
+        prefixes.update(ipaddress.summarize_address_range(item.start, item.end))
+    return sorted(prefixes, key=lambda p: (p.version, int(p.network_address), p.prefixlen))
+
+
+async def _both(first: asyncio.Event, second: asyncio.Event) -> None:
+    await first.wait()
+    await second.wait()
+
+
+async def _until(future: asyncio.Future[Any], protocol: ClientProtocol, timeout: float) -> Any:
+    """Await ``future`` unless the connection closes or ``timeout`` passes first."""
+    closed = asyncio.ensure_future(protocol.closed.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {future, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        closed.cancel()
+    if future in done:
+        return future.result()
+    future.cancel()
+    if protocol.closed.is_set():
+        raise ConnectionError(f"connection closed: {protocol.close_reason}")
+    raise TimeoutError("the relay did not answer in time")
+
+
+async def _keepalive(protocol: ClientProtocol) -> None:
+    """PING now and then: keeps NAT bindings and lets a dead relay be noticed quickly."""
+    uid = 0
+    while True:
+        await asyncio.sleep(KEEPALIVE_INTERVAL)
+        uid += 1
+        protocol._quic.send_ping(uid)
+        protocol.transmit()
+
+
+async def _relay_addresses(
+    host: str, port: int
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+    return sorted({ipaddress.ip_address(info[4][0]) for info in infos}, key=str)
+
+
+def _authority_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,635 @@
+"""The relay service: HTTP/3 server, CONNECT-IP sessions, TUN, NAT, lifecycle.
+
+Pipeline of one session::
+
+    QUIC packet -> aioquic -> H3 event -> RelayProtocol
+      HeadersReceived  -> RelayServer.accept(): validate, authenticate, allocate,
+                          200 + ADDRESS_ASSIGN + ROUTE_ADVERTISEMENT
+      DataReceived     -> ConnectIpSession (capsules: ADDRESS_REQUEST, DATAGRAM)
+      DatagramReceived -> RelayDataPlane.from_client() -> TUN
+    TUN readable -> RelayDataPlane.on_tun_readable() -> session.send_packets()
+
+One :class:`RelayServer` owns every piece of state (sessions, pools, TUN, NAT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer, serve
+from aioquic.h3.connection import H3_ALPN, ErrorCode
+from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
+
+from masque.capsule import AssignedAddress, IpAddressRange, sort_ranges
+from masque.errors import RequestError
+from masque.events import AddressRequested, SessionAborted
+from masque.events import DatagramReceived as CapsuleDatagram
+from masque.request import build_connect_ip_response_headers, validate_connect_ip_request
+from masque.session import ConnectIpSession, Role, Scope
+from masque.template import TargetAny, TargetHostname, TargetPrefix, UriTemplate
+from netio import aioquic_internals
+from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload
+from netio.tun import TunDevice
+from relay.auth import (
+    Authenticator,
+    ensure_default_token,
+    peer_certificates,
+    request_client_certificate,
+)
+from relay.certs import certificate_names, ensure_certificate
+from relay.config import CarrierMode, RelayConfig
+from relay.dataplane import RelayDataPlane
+from relay.ipam import AddressPool, Assignment, PoolExhausted
+from relay.metrics import Metrics
+from relay.nat import NatManager
+from relay.sessions import Carrier, RelaySession, SessionTable
+
+log = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: UDP payload our QUIC packets are built to: fits a 1500-byte path over IPv6.
+QUIC_MAX_UDP_PAYLOAD = 1452
+#: Context ID 0 (a full IP packet) as a varint, in front of every HTTP Datagram.
+_CONTEXT_ZERO = b"\x00"
+#: Bytes of one full-size packet, to turn the queue bound into a stream-buffer bound.
+_PACKET_BYTES = 1500
+
+
+def _events_line(out: TextIO, word: str, **fields: object) -> None:
+    """One machine-readable event line on stdout (``word key=value ...``)."""
+    text = " ".join(f"{key}={value}" for key, value in fields.items())
+    print(f"{word} {text}".rstrip(), file=out, flush=True)
+
+
+class RelayProtocol(QuicConnectionProtocol):
+    """One QUIC connection to the relay: HTTP/3 plus its CONNECT-IP streams."""
+
+    def __init__(self, quic: QuicConnection, *, relay: RelayServer, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self.relay = relay
+        self.h3: ConnectIpH3Connection | None = None
+        self.peer = "?"
+        self.sessions: dict[int, RelaySession] = {}
+        # Stream data that arrived while the request was still being accepted.
+        self.pending: dict[int, list[tuple[bytes, bool]]] = {}
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.peer == "?":
+            self.peer = _format_addr(addr)
+        super().datagram_received(data, addr)
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
+            self.h3 = ConnectIpH3Connection(
+                self._quic, enable_datagrams=self.relay.config.carrier.mode is CarrierMode.DATAGRAM
+            )
+        elif isinstance(event, ConnectionTerminated):
+            for session in list(self.sessions.values()):
+                self.relay.end_session(session, "connection-closed", send_fin=False)
+            self.relay.connections.discard(self)
+        if self.h3 is not None:
+            for h3_event in self.h3.handle_event(event):
+                self._h3_event_received(h3_event)
+
+    def _h3_event_received(self, event: H3Event) -> None:
+        if isinstance(event, DatagramReceived):
+            datagram_session = self.sessions.get(event.stream_id)
+            if datagram_session is None:
+                # RFC 9297 §2.1: datagrams for unknown requests are dropped.
+                self.relay.unknown_datagrams.value += 1
+                return
+            packet = datagram_session.connect_ip.receive_datagram(event.data)
+            if packet is not None:
+                datagram_session.last_activity = time.monotonic()
+                self.relay.dataplane.from_client(datagram_session, (packet,))
+        elif isinstance(event, HeadersReceived):
+            if event.stream_id in self.sessions or event.stream_id in self.pending:
+                return  # trailers: nothing to do
+            self.pending[event.stream_id] = []
+            if event.stream_ended:
+                self.pending[event.stream_id].append((b"", True))
+            self.relay.accept(self, event.stream_id, event.headers)
+        elif isinstance(event, DataReceived):
+            if event.stream_id in self.pending:
+                self.pending[event.stream_id].append((event.data, event.stream_ended))
+                return
+            stream_session = self.sessions.get(event.stream_id)
+            if stream_session is not None:
+                self.relay.stream_data(stream_session, event.data, event.stream_ended)
+
+    def respond(
+        self,
+        stream_id: int,
+        status: int,
+        *,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+        end_stream: bool = False,
+    ) -> None:
+        assert self.h3 is not None
+        headers = build_connect_ip_response_headers(status) + list(extra)
+        self.h3.send_headers(stream_id, headers, end_stream=end_stream)
+
+
+def _format_addr(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+@dataclass
+class _Counters:
+    sessions_total: Any = None
+    refused: Any = None
+
+
+@dataclass
+class RelayServer:
+    """Everything one relay process owns. ``await start()``, then ``await stop()``."""
+
+    config: RelayConfig
+    out: TextIO = sys.stdout
+    tun_mtu: int | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    sessions: SessionTable = field(default_factory=SessionTable)
+    connections: set[RelayProtocol] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.template = UriTemplate.parse(
+            f"https://relay:{cfg.listen.port}{cfg.listen.path_template}"
+        )
+        self.pool: AddressPool[int] = AddressPool(
+            cfg.pool.ipv4,
+            cfg.pool.ipv6,
+            v4_client_prefix=cfg.pool.ipv4_client_prefix,
+            v6_client_prefix=cfg.pool.ipv6_client_prefix,
+        )
+        self.authenticator: Authenticator | None = None
+        self.tun: TunDevice | None = None
+        self.nat: NatManager | None = None
+        self._quic_server: QuicServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics_server: asyncio.Server | None = None
+        self._stopped = asyncio.Event()
+        m = self.metrics
+        self.sessions_total = m.counter("masque_relay_sessions", "CONNECT-IP sessions accepted.")
+        self.sessions_total_child = self.sessions_total.child()
+        self.refused = m.counter(
+            "masque_relay_refused",
+            "CONNECT-IP requests refused, by HTTP status.",
+            labels=("status",),
+        )
+        self.unknown_datagrams = m.counter(
+            "masque_relay_unknown_datagrams",
+            "HTTP Datagrams for streams that are not an accepted CONNECT-IP request.",
+        ).child()
+        self.aborted = m.counter(
+            "masque_relay_sessions_aborted",
+            "Sessions aborted for a protocol violation, by rule.",
+            labels=("rule",),
+        )
+        m.gauge(
+            "masque_relay_sessions_active",
+            "CONNECT-IP sessions open now.",
+            function=lambda: float(len(self.sessions)),
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        state = ensure_certificate(
+            cfg.tls.cert_file, cfg.tls.key_file, certificate_names(cfg.listen.host, cfg.tls.names)
+        )
+        _events_line(self.out, "certificate", sha256=state.sha256, path=cfg.tls.cert_file)
+        generated = ensure_default_token(cfg.auth)
+        if generated is not None:
+            _events_line(self.out, "token=" + generated)
+        self.authenticator = Authenticator.from_config(cfg.auth)
+
+        mtu = self.tun_mtu or cfg.tun.mtu
+        self.tun = TunDevice.open(cfg.tun.name, mtu=mtu)
+        gateways = [g for g in (self.pool.gateway_v4, self.pool.gateway_v6) if g is not None]
+        for gateway in gateways:
+            self.tun.add_address(gateway)
+        pools = [p for p in (cfg.pool.ipv4, cfg.pool.ipv6) if p is not None]
+        self.nat = NatManager(
+            pools,
+            cfg.nat.egress_interface,
+            tun_interface=self.tun.name,
+            ipv4_masquerade=cfg.nat.enabled,
+            ipv6_masquerade=cfg.nat.enabled,
+        )
+        self.nat.start()
+        self.dataplane = RelayDataPlane(
+            self.tun,
+            self.sessions,
+            self.metrics,
+            icmp_source_v4=self.pool.gateway_v4.ip if self.pool.gateway_v4 else None,
+            icmp_source_v6=self.pool.gateway_v6.ip if self.pool.gateway_v6 else None,
+        )
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.tun.fileno(), self.dataplane.on_tun_readable)
+
+        configuration = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=H3_ALPN,
+            max_datagram_frame_size=65536,
+            max_datagram_size=QUIC_MAX_UDP_PAYLOAD,
+            idle_timeout=60.0,
+            max_data=16 << 20,
+            max_stream_data=8 << 20,
+        )
+        configuration.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+        wants_cert = self.authenticator.requests_client_certificate
+
+        def create_protocol(quic: QuicConnection, **kwargs: Any) -> RelayProtocol:
+            if wants_cert:
+                request_client_certificate(quic)
+            protocol = RelayProtocol(quic, relay=self, **kwargs)
+            self.connections.add(protocol)
+            return protocol
+
+        self._quic_server = await serve(
+            cfg.listen.host,
+            cfg.listen.port,
+            configuration=configuration,
+            create_protocol=create_protocol,
+        )
+        if cfg.metrics.listen is not None:
+            from relay.metrics import serve_metrics
+
+            self._metrics_server = await serve_metrics(self.metrics, *cfg.metrics.listen)
+        self._tasks.append(asyncio.create_task(self._idle_sweeper()))
+        _events_line(
+            self.out,
+            "ready",
+            listen=f"{_bracket(cfg.listen.host)}:{cfg.listen.port}",
+            tun=self.tun.name,
+            mtu=mtu,
+        )
+
+    async def stop(self) -> None:
+        """Graceful drain: end every session, close connections, remove TUN and NAT state."""
+        for task in self._tasks:
+            task.cancel()
+        for session in list(self.sessions):
+            self.end_session(session, "shutdown")
+        for protocol in list(self.connections):
+            protocol._quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="relay stopping")
+            protocol.transmit()
+        if self.connections:
+            await asyncio.sleep(0.2)  # let the FINs and CONNECTION_CLOSEs leave
+        if self._quic_server is not None:
+            self._quic_server.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        if self.tun is not None:
+            asyncio.get_running_loop().remove_reader(self.tun.fileno())
+            self.tun.close()
+        if self.nat is not None:
+            self.nat.stop()
+        self._stopped.set()
+
+    async def _idle_sweeper(self) -> None:
+        timeout = self.config.limits.idle_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            for session in list(self.sessions):
+                if now - session.last_activity > timeout:
+                    self.end_session(session, "idle")
+
+    # -- accepting a request -----------------------------------------------------------
+
+    def accept(
+        self, protocol: RelayProtocol, stream_id: int, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Validate, authenticate and set up a CONNECT-IP request, or refuse it."""
+        try:
+            request = validate_connect_ip_request(
+                headers,
+                self.template,
+                require_capsule_protocol=not self.config.carrier.compat_length_framing,
+            )
+        except RequestError as error:
+            self._refuse(protocol, stream_id, error.http_status, error.rule)
+            return
+        assert self.authenticator is not None
+        cert, chain = peer_certificates(protocol._quic)
+        result = self.authenticator.authenticate(request.authorization, cert, chain)
+        if not result.ok:
+            extra = []
+            if result.www_authenticate:
+                extra.append((b"www-authenticate", result.www_authenticate.encode()))
+            self._refuse(protocol, stream_id, result.status, result.rule, extra=extra)
+            return
+        if len(self.sessions) >= self.config.limits.max_sessions:
+            self._refuse(protocol, stream_id, 503, "max-sessions")
+            return
+        target = request.scope.target
+        if isinstance(target, TargetHostname):
+            task = asyncio.create_task(
+                self._accept_hostname(
+                    protocol,
+                    stream_id,
+                    target.name,
+                    request.scope.ipproto,
+                    request.capsule_protocol,
+                )
+            )
+            self._tasks.append(task)
+            return
+        targets = (target.network,) if isinstance(target, TargetPrefix) else None
+        assert isinstance(target, (TargetPrefix, TargetAny))
+        self._establish(
+            protocol, stream_id, Scope(targets, request.scope.ipproto), request.capsule_protocol
+        )
+
+    async def _accept_hostname(
+        self,
+        protocol: RelayProtocol,
+        stream_id: int,
+        name: str,
+        ipproto: int | None,
+        capsule_protocol: bool,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(name, None), timeout=5.0)
+        except (OSError, TimeoutError):
+            self._refuse(protocol, stream_id, 502, "target-unresolvable")
+            return
+        prefixes = {
+            ipaddress.ip_network(info[4][0])
+            for info in infos
+            if info[0] in (socket.AF_INET, socket.AF_INET6)
+        }
+        self._establish(
+            protocol, stream_id, Scope(tuple(sorted(prefixes, key=str)), ipproto), capsule_protocol
+        )
+
+    def _refuse(
+        self,
+        protocol: RelayProtocol,
+        stream_id: int,
+        status: int,
+        rule: str,
+        *,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.refused.child(status=str(status)).value += 1
+        protocol.pending.pop(stream_id, None)
+        _events_line(self.out, "refused", status=status, peer=protocol.peer, reason=rule)
+        protocol.respond(stream_id, status, extra=extra or [], end_stream=True)
+        protocol.transmit()
+
+    def _establish(
+        self, protocol: RelayProtocol, stream_id: int, scope: Scope, capsule_protocol: bool
+    ) -> None:
+        if protocol.h3 is None or stream_id not in protocol.pending:
+            return  # the connection or stream went away while we resolved
+        session_id = self.sessions.next_id()
+        try:
+            assignment = self.pool.allocate(session_id)
+        except PoolExhausted:
+            self._refuse(protocol, stream_id, 503, "pool-exhausted")
+            return
+        if not capsule_protocol:
+            carrier = Carrier.LENGTH
+        elif protocol.h3.datagrams_negotiated:
+            carrier = Carrier.DATAGRAM
+        else:
+            carrier = Carrier.CAPSULE
+        connect_ip = ConnectIpSession(Role.RELAY, scope=scope)
+        if carrier is Carrier.DATAGRAM:
+            max_packet = max_http_datagram_payload(protocol._quic, stream_id) - 1
+        else:
+            max_packet = self.tun.mtu if self.tun is not None else 1280
+        max_packet = min(max_packet, self.tun.mtu if self.tun is not None else max_packet)
+        session = RelaySession(
+            id=session_id,
+            peer=protocol.peer,
+            stream_id=stream_id,
+            carrier=carrier,
+            connect_ip=connect_ip,
+            assignment=assignment,
+            send_packets=self._sender(protocol),
+            close=lambda s, reason: self.end_session(s, reason),
+            max_packet=max_packet,
+            connection=protocol,
+        )
+        protocol.respond(stream_id, 200)
+        if carrier is not Carrier.LENGTH:
+            # RFC 9484 §4.7: the complete sets, right after the 2xx, even if empty.
+            self._send_on_stream(protocol, session, self._assign_capsule(session, {}))
+            self._send_on_stream(
+                protocol, session, connect_ip.advertise_routes(self._routes_for(scope))
+            )
+        self.sessions.add(session)
+        protocol.sessions[stream_id] = session
+        self.sessions_total_child.value += 1
+        _events_line(
+            self.out,
+            "session-start",
+            id=session_id,
+            peer=protocol.peer,
+            carrier=carrier.value,
+            v4=assignment.v4 or "-",
+            v6=assignment.v6 or "-",
+        )
+        log.info(
+            "session %d from %s: carrier %s, mtu %d",
+            session_id,
+            protocol.peer,
+            carrier.value,
+            max_packet,
+        )
+        for data, ended in protocol.pending.pop(stream_id, []):
+            self.stream_data(session, data, ended)
+        protocol.transmit()
+
+    def _routes_for(self, scope: Scope) -> list[IpAddressRange]:
+        """Operator's allowed networks, narrowed to the request's target and protocol."""
+        allowed: list[IPNetwork] = list(self.config.routes.allowed)
+        if scope.targets is not None:
+            narrowed: list[IPNetwork] = []
+            for target in scope.targets:
+                for network in allowed:
+                    if target.version != network.version:
+                        continue
+                    if target.subnet_of(network):  # type: ignore[arg-type]
+                        narrowed.append(target)
+                    elif network.subnet_of(target):  # type: ignore[arg-type]
+                        narrowed.append(network)
+            allowed = narrowed
+        protocol = scope.ipproto or 0
+        unique = {IpAddressRange.from_network(n, protocol) for n in allowed}
+        return list(sort_ranges(unique))
+
+    def _assign_capsule(self, session: RelaySession, answered: dict[int, int]) -> bytes:
+        """ADDRESS_ASSIGN with the session's complete set; ``answered``: version -> request ID."""
+        entries = [
+            AssignedAddress(answered.get(prefix.version, 0), prefix)
+            for prefix in session.assignment
+        ]
+        return session.connect_ip.assign_addresses(entries)
+
+    # -- stream and packets ----------------------------------------------------------
+
+    def stream_data(self, session: RelaySession, data: bytes, ended: bool) -> None:
+        session.last_activity = time.monotonic()
+        if session.carrier is Carrier.LENGTH:
+            self._length_framed(session, data, ended)
+            return
+        for event in session.connect_ip.receive_capsule_data(data, end_stream=ended):
+            if isinstance(event, CapsuleDatagram):
+                self.dataplane.from_client(session, (event.packet,))
+            elif isinstance(event, AddressRequested):
+                self._address_requested(session, event)
+            elif isinstance(event, SessionAborted):
+                self.aborted.child(rule=event.rule).value += 1
+                log.warning("session %d aborted: %s", session.id, event.reason)
+                self._reset(session)
+                self.end_session(session, "protocol-error", send_fin=False)
+                return
+        if ended:
+            self.end_session(session, "client-closed")
+
+    def _length_framed(self, session: RelaySession, data: bytes, ended: bool) -> None:
+        """Compat carrier: 2-byte big-endian length, then the packet, repeated."""
+        buffer = session.length_buffer
+        buffer += data
+        packets: list[bytes] = []
+        while len(buffer) >= 2:
+            length = int.from_bytes(buffer[:2], "big")
+            if len(buffer) < 2 + length:
+                break
+            packets.append(bytes(buffer[2 : 2 + length]))
+            del buffer[: 2 + length]
+        if packets:
+            self.dataplane.from_client(session, packets)
+        if ended:
+            self.end_session(session, "client-closed")
+
+    def _address_requested(self, session: RelaySession, event: AddressRequested) -> None:
+        answered: dict[int, int] = {}
+        refusals: list[AssignedAddress] = []
+        for request in event.requests:
+            granted = self.pool.request(session.id, request.ip_prefix)
+            if granted is None:
+                refusals.append(
+                    AssignedAddress.rejection(request.request_id, request.ip_prefix.version)
+                )
+            else:
+                answered[granted.version] = request.request_id
+        session.assignment = self.pool.assignment(session.id)
+        self.sessions.reindex(session)
+        entries = [AssignedAddress(answered.get(p.version, 0), p) for p in session.assignment]
+        protocol: RelayProtocol = session.connection
+        self._send_on_stream(
+            protocol, session, session.connect_ip.assign_addresses(entries + refusals)
+        )
+        protocol.transmit()
+
+    def _send_on_stream(self, protocol: RelayProtocol, session: RelaySession, data: bytes) -> None:
+        assert protocol.h3 is not None
+        protocol.h3.send_data(session.stream_id, data, end_stream=False)
+
+    def _sender(self, protocol: RelayProtocol) -> Callable[[RelaySession, list[bytes]], int]:
+        bound = self.config.carrier.send_queue_packets
+
+        def send_packets(session: RelaySession, packets: list[bytes]) -> int:
+            h3 = protocol.h3
+            if h3 is None or session not in self.sessions:
+                return 0
+            quic = protocol._quic
+            sent = 0
+            if session.carrier is Carrier.DATAGRAM:
+                for packet in packets:
+                    if aioquic_internals.pending_datagram_count(quic) >= bound:
+                        break  # drop the newest: the caller counts queue_full
+                    h3.send_datagram(session.stream_id, _CONTEXT_ZERO + packet)
+                    sent += 1
+            else:
+                limit = bound * _PACKET_BYTES
+                for packet in packets:
+                    if aioquic_internals.stream_send_buffered(quic, session.stream_id) >= limit:
+                        break
+                    if session.carrier is Carrier.CAPSULE:
+                        data = session.connect_ip.send_datagram_capsule(packet)
+                    else:
+                        data = len(packet).to_bytes(2, "big") + packet
+                    h3.send_data(session.stream_id, data, end_stream=False)
+                    sent += 1
+            if sent:
+                session.tx_packets += sent
+                session.tx_bytes += sum(len(p) for p in packets[:sent])
+                session.last_activity = time.monotonic()
+                protocol.transmit()
+            return sent
+
+        return send_packets
+
+    def _reset(self, session: RelaySession) -> None:
+        protocol: RelayProtocol = session.connection
+        quic = protocol._quic
+        try:
+            quic.reset_stream(session.stream_id, ErrorCode.H3_MESSAGE_ERROR)
+            quic.stop_stream(session.stream_id, ErrorCode.H3_MESSAGE_ERROR)
+        except Exception:
+            log.debug("reset of stream %d failed", session.stream_id, exc_info=True)
+        protocol.transmit()
+
+    def end_session(self, session: RelaySession, reason: str, *, send_fin: bool = True) -> None:
+        """Release everything a session holds; idempotent."""
+        if session not in self.sessions:
+            return
+        self.sessions.remove(session)
+        self.pool.release(session.id)
+        protocol: RelayProtocol = session.connection
+        protocol.sessions.pop(session.stream_id, None)
+        if send_fin and protocol.h3 is not None:
+            try:
+                protocol.h3.send_data(session.stream_id, b"", end_stream=True)
+                protocol.transmit()
+            except Exception:
+                log.debug("FIN on stream %d failed", session.stream_id, exc_info=True)
+        _events_line(
+            self.out,
+            "session-end",
+            id=session.id,
+            reason=reason,
+            rx_packets=session.rx_packets,
+            tx_packets=session.tx_packets,
+            rx_bytes=session.rx_bytes,
+            tx_bytes=session.tx_bytes,
+        )
+        log.info(
+            "session %d ended (%s) after %.1f s",
+            session.id,
+            reason,
+            time.monotonic() - session.started,
+        )
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+__all__ = ["Assignment", "RelayProtocol", "RelayServer"]
