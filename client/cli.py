@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not verify the relay's certificate (testing only)",
     )
+    parser.add_argument("--client-cert", type=Path, help="PEM certificate for mTLS")
+    parser.add_argument("--client-key", type=Path, help="PEM key of --client-cert")
     parser.add_argument("--server-name", help="TLS server name (default: the relay host)")
     parser.add_argument("--template", help="the relay's URI template (default RFC 9484 §3)")
     parser.add_argument("--target", default="*", help="scope: prefix, hostname or * (default)")
@@ -91,11 +93,15 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
     host, port = _split_relay(args.relay)
     tls = TlsPolicy(ca_file=args.ca_file, pin_sha256=args.pin_sha256, insecure=args.insecure)
     tls.validate()
+    if (args.client_cert is None) != (args.client_key is None):
+        raise ValueError("--client-cert and --client-key go together")
     return ClientOptions(
         relay_host=host,
         relay_port=port,
         tls=tls,
         token=args.token,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
         server_name=args.server_name,
         template=args.template,
         target=parse_target(args.target),

@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from aioquic.asyncio.client import connect
@@ -77,6 +78,8 @@ class ClientOptions:
     relay_port: int
     tls: TlsPolicy
     token: str | None = None
+    client_cert: Path | None = None  # mTLS: sent when the relay asks for one
+    client_key: Path | None = None
     server_name: str | None = None
     template: str | None = None
     target: TargetScope = TARGET_ANY
@@ -241,6 +244,8 @@ class ClientTunnel:
         if opts.datagrams:
             configuration.max_datagram_frame_size = 65536
         opts.tls.apply(configuration)
+        if opts.client_cert is not None:
+            configuration.load_cert_chain(opts.client_cert, opts.client_key)
         return configuration
 
     async def _attempt(self) -> str:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import logging
 import signal
 import sys
@@ -51,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tun-mtu", type=int, help="relay TUN device MTU")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     parser.add_argument("--idle-timeout", type=float, help="end sessions idle this long (s)")
+    parser.add_argument("--session-rate-mbit", type=float, help="per-session bandwidth cap")
+    parser.add_argument("--global-rate-mbit", type=float, help="whole-relay bandwidth cap")
     parser.add_argument("--log-level", help="debug, info, warning, error")
+    parser.add_argument("--log-format", choices=["text", "json"], help="stderr log format")
     return parser
 
 
@@ -86,6 +90,12 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         cfg = replace(cfg, metrics=replace(cfg.metrics, listen=parse_host_port(args.metrics)))
     if args.idle_timeout:
         cfg = replace(cfg, limits=replace(cfg.limits, idle_timeout=args.idle_timeout))
+    if args.session_rate_mbit is not None:
+        cfg = replace(cfg, limits=replace(cfg.limits, session_rate_mbit=args.session_rate_mbit))
+    if args.global_rate_mbit is not None:
+        cfg = replace(cfg, limits=replace(cfg.limits, global_rate_mbit=args.global_rate_mbit))
+    if args.log_format:
+        cfg = replace(cfg, log=replace(cfg.log, format=args.log_format))
     if args.log_level:
         cfg = replace(cfg, log=replace(cfg.log, level=args.log_level))
     return cfg
@@ -128,6 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PermissionError as error:
         print(f"masque-relay: {error} (the relay needs root: TUN, nftables)", file=sys.stderr)
         return 1
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, for log shippers (``[log] format = "json"``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def _run_loop(main_coroutine: Coroutine[Any, Any, int]) -> int:

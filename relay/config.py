@@ -211,6 +211,10 @@ class LimitsConfig:
     "Seconds without packets after which a session is closed."
     max_sessions: int = 1024
     "Concurrent sessions; further requests are refused (the pools may refuse earlier)."
+    session_rate_mbit: float = 0.0
+    "Per-session bandwidth cap in Mbit/s, each direction (0: unlimited)."
+    global_rate_mbit: float = 0.0
+    "Whole-relay bandwidth cap in Mbit/s, each direction (0: unlimited)."
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +314,8 @@ send_queue_packets = 1024  # per-session send queue bound
 [limits]
 idle_timeout = 300.0       # seconds
 max_sessions = 1024
+session_rate_mbit = 0.0    # per-session cap, each direction (0: unlimited)
+global_rate_mbit = 0.0     # whole-relay cap, each direction (0: unlimited)
 
 [log]
 level = "info"             # debug, info, warning, error, critical
@@ -699,8 +705,15 @@ class _Parser:
     def _limits(self, t: _Table) -> LimitsConfig:
         idle = t.number("idle_timeout", 300.0, 1.0, 7 * 24 * 3600.0)
         max_sessions = t.integer("max_sessions", 1024, 1, 1 << 24)
+        session_rate = t.number("session_rate_mbit", 0.0, 0.0, 1e6)
+        global_rate = t.number("global_rate_mbit", 0.0, 0.0, 1e6)
         t.finish()
-        return LimitsConfig(idle_timeout=idle, max_sessions=max_sessions)
+        return LimitsConfig(
+            idle_timeout=idle,
+            max_sessions=max_sessions,
+            session_rate_mbit=session_rate,
+            global_rate_mbit=global_rate,
+        )
 
     def _log(self, t: _Table) -> LogConfig:
         level = t.string("level", "info").lower()

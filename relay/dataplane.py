@@ -20,10 +20,11 @@ import logging
 from collections.abc import Sequence
 
 from masque.icmp import IcmpErrorKind, build_icmp_error
-from masque.ippacket import decrement_ttl
+from masque.ippacket import decrement_ttl, is_link_scoped
 from masque.session import Verdict
 from netio.tun import TunDevice
 from relay.metrics import Metrics
+from relay.ratelimit import admit
 from relay.sessions import RelaySession, SessionTable
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ DROP_REASONS = (
     "too_big",
     "no_session",
     "queue_full",
+    "rate_limited",
+    "unknown_context",
     "tun_write",
 )
 
@@ -103,6 +106,9 @@ class RelayDataPlane:
                 if kind is not None:
                     self._icmp(packet, kind, replies)
                 continue
+            if session.limits_from_client and not admit(session.limits_from_client, len(packet)):
+                self.dropped["rate_limited"].value += 1
+                continue
             buffer = bytearray(packet)
             if decrement_ttl(buffer) == 0:
                 self.dropped["ttl_exceeded"].value += 1
@@ -134,7 +140,10 @@ class RelayDataPlane:
             destination = _destination(packet)
             session = self._sessions.lookup(destination) if destination is not None else None
             if session is None:
-                self.dropped["no_session"].value += 1
+                # The kernel's own IPv6 chatter on the TUN (MLD, router
+                # solicitations) is link-scoped: not a routing failure.
+                scoped = destination is not None and is_link_scoped(destination)
+                self.dropped["link_local" if scoped else "no_session"].value += 1
                 continue
             if len(packet) > session.max_packet:
                 self.dropped["too_big"].value += 1
@@ -146,6 +155,9 @@ class RelayDataPlane:
                 self.dropped[label].value += 1
                 if kind is not None:
                     self._icmp(packet, kind, errors)
+                continue
+            if session.limits_to_client and not admit(session.limits_to_client, len(packet)):
+                self.dropped["rate_limited"].value += 1
                 continue
             by_session.setdefault(session, []).append(packet)
         for session, batch in by_session.items():

@@ -54,6 +54,7 @@ from relay.dataplane import RelayDataPlane
 from relay.ipam import AddressPool, Assignment, PoolExhausted
 from relay.metrics import Metrics
 from relay.nat import NatManager
+from relay.ratelimit import TokenBucket
 from relay.sessions import Carrier, RelaySession, SessionTable
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,10 @@ class RelayProtocol(QuicConnectionProtocol):
                 self.relay.unknown_datagrams.value += 1
                 return
             packet = datagram_session.connect_ip.receive_datagram(event.data)
-            if packet is not None:
+            if packet is None:
+                # RFC 9484 §6: unknown (or truncated) context IDs are dropped.
+                self.relay.dataplane.dropped["unknown_context"].value += 1
+            else:
                 datagram_session.last_activity = time.monotonic()
                 self.relay.dataplane.from_client(datagram_session, (packet,))
         elif isinstance(event, HeadersReceived):
@@ -137,9 +141,14 @@ class RelayProtocol(QuicConnectionProtocol):
         *,
         extra: Sequence[tuple[bytes, bytes]] = (),
         end_stream: bool = False,
+        capsule_protocol: bool = True,
     ) -> None:
         assert self.h3 is not None
-        headers = build_connect_ip_response_headers(status) + list(extra)
+        headers = build_connect_ip_response_headers(status)
+        if not capsule_protocol:
+            # Compat length framing: the stream carries no capsules (RFC 9297 §3.4).
+            headers = [(name, value) for name, value in headers if name != b"capsule-protocol"]
+        headers += list(extra)
         self.h3.send_headers(stream_id, headers, end_stream=end_stream)
 
 
@@ -177,6 +186,8 @@ class RelayServer:
             v6_client_prefix=cfg.pool.ipv6_client_prefix,
         )
         self.authenticator: Authenticator | None = None
+        self._global_from_client = TokenBucket.from_mbit(cfg.limits.global_rate_mbit)
+        self._global_to_client = TokenBucket.from_mbit(cfg.limits.global_rate_mbit)
         self.tun: TunDevice | None = None
         self.nat: NatManager | None = None
         self._quic_server: QuicServer | None = None
@@ -430,14 +441,18 @@ class RelayServer:
             close=lambda s, reason: self.end_session(s, reason),
             max_packet=max_packet,
             connection=protocol,
+            limits_from_client=self._buckets(self._global_from_client),
+            limits_to_client=self._buckets(self._global_to_client),
         )
-        protocol.respond(stream_id, 200)
+        protocol.respond(stream_id, 200, capsule_protocol=carrier is not Carrier.LENGTH)
+        # Built for every carrier: the session's packet checks (BCP 38 source, routed
+        # destination) rely on what it assigned and advertised.
+        assign = self._assign_capsule(session, {})
+        routes = connect_ip.advertise_routes(self._routes_for(scope))
         if carrier is not Carrier.LENGTH:
             # RFC 9484 §4.7: the complete sets, right after the 2xx, even if empty.
-            self._send_on_stream(protocol, session, self._assign_capsule(session, {}))
-            self._send_on_stream(
-                protocol, session, connect_ip.advertise_routes(self._routes_for(scope))
-            )
+            self._send_on_stream(protocol, session, assign)
+            self._send_on_stream(protocol, session, routes)
         self.sessions.add(session)
         protocol.sessions[stream_id] = session
         self.sessions_total_child.value += 1
@@ -460,6 +475,11 @@ class RelayServer:
         for data, ended in protocol.pending.pop(stream_id, []):
             self.stream_data(session, data, ended)
         protocol.transmit()
+
+    def _buckets(self, shared: TokenBucket | None) -> tuple[TokenBucket, ...]:
+        """A new session's buckets: its own (if limited) and the relay-wide one."""
+        own = TokenBucket.from_mbit(self.config.limits.session_rate_mbit)
+        return tuple(b for b in (own, shared) if b is not None)
 
     def _routes_for(self, scope: Scope) -> list[IpAddressRange]:
         """Operator's allowed networks, narrowed to the request's target and protocol."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from masque.session import ConnectIpSession
 from relay.ipam import Assignment
+from relay.ratelimit import TokenBucket
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -45,6 +46,9 @@ class RelaySession:
     connection: Any = None
     #: Compat carrier only: bytes of a length-prefixed packet not complete yet.
     length_buffer: bytearray = field(default_factory=bytearray)
+    #: Bandwidth buckets charged for packets from / to the client (session's, global).
+    limits_from_client: tuple[TokenBucket, ...] = ()
+    limits_to_client: tuple[TokenBucket, ...] = ()
     #: Largest IP packet that fits one unit of this session's carrier (tunnel MTU).
     max_packet: int = 1280
     started: float = field(default_factory=time.monotonic)

@@ -26,6 +26,19 @@ def _netns() -> set[str]:
     return {line.split()[0] for line in out.decode().splitlines() if line.strip()}
 
 
+def _ours_or_orphaned(netns: str) -> bool:
+    """A test-bed namespace made by this run, or by a process of it that is gone.
+
+    Namespaces of other, still running processes (a concurrent run on the same
+    machine) are not ours to judge.
+    """
+    parts = netns.split("-")
+    if len(parts) < 3 or parts[0] != "mqtb" or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    return pid == os.getpid() or not os.path.exists(f"/proc/{pid}")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     _NETNS_BEFORE.clear()
     _NETNS_BEFORE.update(_netns())
@@ -44,7 +57,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and os.environ.get("MASQUE_ALLOW_SKIPS") != "1":
         problems.append(f"{skipped} test(s) skipped (set MASQUE_ALLOW_SKIPS=1 to allow)")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    leaked = {ns for ns in _netns() - _NETNS_BEFORE if ns.startswith("mqtb-")}
+    leaked = {ns for ns in _netns() - _NETNS_BEFORE if _ours_or_orphaned(ns)}
     if leaked:
         problems.append(f"network namespaces left behind: {sorted(leaked)}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
