@@ -7,14 +7,21 @@ points (:meth:`ClientDataPlane.on_tun_readable`, :meth:`ClientDataPlane.from_rel
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from masque.icmp import IcmpErrorKind, build_icmp_error
 from masque.session import ConnectIpSession, Verdict
 from netio.tun import TunDevice
 
 log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Verdicts answered with ICMP administratively prohibited (RFC 9484 §7.2.1).
+_PROHIBITED = frozenset({Verdict.DROP_DST_NOT_IN_SCOPE, Verdict.DROP_PROTO_NOT_IN_SCOPE})
 
 
 class ClientDataPlane:
@@ -27,6 +34,7 @@ class ClientDataPlane:
         send: Callable[[list[bytes]], int],
         *,
         max_packet: int,
+        icmp_sources: Sequence[IPAddress] = (),
         batch_size: int = 64,
     ) -> None:
         self._tun = tun
@@ -34,6 +42,8 @@ class ClientDataPlane:
         self._send = send
         self._max_packet = max_packet
         self._batch_size = batch_size
+        # Errors we answer local applications with come from our tunnel address.
+        self._icmp_source: dict[int, IPAddress] = {a.version: a for a in icmp_sources}
         #: Packets dropped, by reason (verdict name, ``too_big``, ``queue_full``).
         self.dropped: Counter[str] = Counter()
         self.sent_packets = 0
@@ -46,22 +56,40 @@ class ClientDataPlane:
             if not packets:
                 return
             batch: list[bytes] = []
+            replies: list[bytes] = []
             for packet in packets:
                 if len(packet) > self._max_packet:
                     self.dropped["too_big"] += 1
+                    self._icmp(packet, IcmpErrorKind.PACKET_TOO_BIG, replies)
                     continue
                 verdict = self._session.check_outgoing(packet)
                 if verdict is not Verdict.ACCEPT:
                     # The kernel's own IPv6 chatter (MLD, router solicitations)
                     # lands here as link-local: dropping it is the normal case.
                     self.dropped[verdict.name.lower()] += 1
+                    if verdict in _PROHIBITED:
+                        # Tell the application at once, as the relay would (§7.2.1).
+                        self._icmp(packet, IcmpErrorKind.ADMINISTRATIVELY_PROHIBITED, replies)
                     continue
                 batch.append(packet)
+            if replies:
+                self._tun.write_batch(replies)
             if batch:
                 sent = self._send(batch)
                 self.sent_packets += sent
                 if sent < len(batch):
                     self.dropped["queue_full"] += len(batch) - sent
+
+    def _icmp(self, offending: bytes, kind: IcmpErrorKind, out: list[bytes]) -> None:
+        source = self._icmp_source.get(offending[0] >> 4) if offending else None
+        if source is None:
+            return
+        mtu = None
+        if kind is IcmpErrorKind.PACKET_TOO_BIG:
+            mtu = max(self._max_packet, 1280) if source.version == 6 else self._max_packet
+        error = build_icmp_error(offending, kind, source=source, mtu=mtu)
+        if error is not None:
+            out.append(error)
 
     def from_relay(self, packets: Sequence[bytes | memoryview]) -> None:
         """Write packets from the relay to the TUN after the RFC 9484 checks."""

@@ -41,8 +41,7 @@ from masque.events import DatagramReceived as CapsuleDatagram
 from masque.request import build_connect_ip_headers
 from masque.session import ConnectIpSession, Role
 from masque.template import TARGET_ANY, TargetScope, UriTemplate
-from netio import aioquic_internals
-from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload
+from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload, send_ip_packets
 from netio.tun import TunDevice
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,6 @@ IDLE_TIMEOUT = 10.0
 KEEPALIVE_INTERVAL = 3.0
 #: Cap on the tunnel MTU: the relay's default TUN MTU.
 DEFAULT_MAX_MTU = 1400
-_CONTEXT_ZERO = b"\x00"
 
 
 class Refused(Exception):
@@ -181,22 +179,14 @@ class _Attempt:
 
     def send_packets(self, packets: list[bytes]) -> int:
         """Send a batch to the relay on this session's carrier; one transmit per batch."""
-        h3, quic = self.protocol.h3, self.protocol._quic
-        bound = self.options.send_queue_packets
-        sent = 0
-        if self.carrier == "datagram":
-            for packet in packets:
-                if aioquic_internals.pending_datagram_count(quic) >= bound:
-                    break
-                h3.send_datagram(self.stream_id, _CONTEXT_ZERO + packet)
-                sent += 1
-        else:
-            limit = bound * 1500
-            for packet in packets:
-                if aioquic_internals.stream_send_buffered(quic, self.stream_id) >= limit:
-                    break
-                h3.send_data(self.stream_id, self.session.send_datagram_capsule(packet), False)
-                sent += 1
+        sent = send_ip_packets(
+            self.protocol.h3,
+            self.stream_id,
+            packets,
+            as_datagrams=self.carrier == "datagram",
+            frame=self.session.send_datagram_capsule,
+            queue_bound=self.options.send_queue_packets,
+        )
         if sent:
             self.protocol.transmit()
         return sent
@@ -310,6 +300,7 @@ class ClientTunnel:
             mtu = max(mtu, 1280)  # RFC 9484 §7.2: an IPv6 tunnel offers at least 1280
         tun = TunDevice.open(opts.tun_name, mtu=mtu)
         stack.callback(tun.close)
+        tun.accept_local_source()  # our ICMP answers to local applications
         for assigned in attempt.session.local_addresses:
             tun.add_address(ipaddress.ip_interface(str(assigned.ip_prefix)))
         relay_ips = await _relay_addresses(opts.relay_host, opts.relay_port)
@@ -317,7 +308,13 @@ class ClientTunnel:
         stack.callback(routes.restore)
         installed = self._install_routes(routes, attempt.session.peer_routes)
 
-        dataplane = ClientDataPlane(tun, attempt.session, attempt.send_packets, max_packet=mtu)
+        dataplane = ClientDataPlane(
+            tun,
+            attempt.session,
+            attempt.send_packets,
+            max_packet=mtu,
+            icmp_sources=[a.ip_prefix.network_address for a in attempt.session.local_addresses],
+        )
         attempt.dataplane = dataplane
         dataplane.from_relay(attempt.early_packets)
         attempt.early_packets.clear()

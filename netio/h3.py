@@ -7,6 +7,8 @@ WebTransport; CONNECT-IP needs the former without advertising the latter
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aioquic.buffer import size_uint_var
 from aioquic.h3.connection import H3Connection, Setting
 from aioquic.quic.connection import QuicConnection
@@ -70,3 +72,46 @@ def max_http_datagram_payload(quic: QuicConnection, stream_id: int) -> int:
         # The peer's limit counts the whole frame (type, length and data).
         packet_room = min(packet_room, peer_limit - _DATAGRAM_FRAME_OVERHEAD)
     return packet_room - size_uint_var(stream_id // 4)
+
+
+#: Context ID 0 (a full IP packet) as a varint, in front of every CONNECT-IP datagram.
+CONTEXT_ZERO = b"\x00"
+#: Bytes of one full-size packet: turns a packet-count bound into a stream-buffer bound.
+_PACKET_BYTES = 1500
+
+
+def send_ip_packets(
+    h3: ConnectIpH3Connection,
+    stream_id: int,
+    packets: list[bytes],
+    *,
+    as_datagrams: bool,
+    frame: Callable[[bytes], bytes],
+    queue_bound: int,
+) -> int:
+    """Queue IP packets for one CONNECT-IP stream; return how many were accepted.
+
+    ``as_datagrams``: HTTP/3 Datagrams with context ID 0; otherwise each packet
+    goes on the stream as ``frame(packet)`` (a DATAGRAM capsule, or the compat
+    length prefix). Queues are bounded (aioquic's own are not): once
+    ``queue_bound`` datagrams, or that many packets' worth of unacknowledged
+    stream bytes, are waiting, the rest of the batch is refused: the newest
+    packets are the ones dropped, and the caller counts them. The caller
+    transmits once for the whole batch.
+    """
+    quic = h3._quic
+    sent = 0
+    if as_datagrams:
+        for packet in packets:
+            if aioquic_internals.pending_datagram_count(quic) >= queue_bound:
+                break
+            h3.send_datagram(stream_id, CONTEXT_ZERO + packet)
+            sent += 1
+        return sent
+    limit = queue_bound * _PACKET_BYTES
+    for packet in packets:
+        if aioquic_internals.stream_send_buffered(quic, stream_id) >= limit:
+            break
+        h3.send_data(stream_id, frame(packet), end_stream=False)
+        sent += 1
+    return sent

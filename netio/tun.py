@@ -193,6 +193,17 @@ class TunDevice:
             nl.set_link(self._index, mtu=mtu)
         self._mtu = mtu
 
+    def accept_local_source(self) -> None:
+        """Let packets written here carry one of this host's own addresses as source.
+
+        Whoever answers on the tunnel's behalf (the relay's ICMP Fragmentation
+        Needed, the client's administratively-prohibited errors) writes an ICMP
+        error from a local address into the TUN; IPv4 drops such a packet as a
+        martian unless ``accept_local`` is on for the device. (IPv6 has no such
+        check.) The setting goes away with the device.
+        """
+        write_sysctl(f"net/ipv4/conf/{self.name}/accept_local", 1)
+
     def add_address(self, address: IPInterface) -> None:
         """Add ``address`` (e.g. ``IPv4Interface("10.100.0.1/24")``) to the device.
 

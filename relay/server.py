@@ -39,8 +39,7 @@ from masque.events import DatagramReceived as CapsuleDatagram
 from masque.request import build_connect_ip_response_headers, validate_connect_ip_request
 from masque.session import ConnectIpSession, Role, Scope
 from masque.template import TargetAny, TargetHostname, TargetPrefix, UriTemplate
-from netio import aioquic_internals
-from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload
+from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload, send_ip_packets
 from netio.tun import TunDevice
 from relay.auth import (
     Authenticator,
@@ -63,10 +62,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: UDP payload our QUIC packets are built to: fits a 1500-byte path over IPv6.
 QUIC_MAX_UDP_PAYLOAD = 1452
-#: Context ID 0 (a full IP packet) as a varint, in front of every HTTP Datagram.
-_CONTEXT_ZERO = b"\x00"
-#: Bytes of one full-size packet, to turn the queue bound into a stream-buffer bound.
-_PACKET_BYTES = 1500
 
 
 def _events_line(out: TextIO, word: str, **fields: object) -> None:
@@ -232,6 +227,7 @@ class RelayServer:
 
         mtu = self.tun_mtu or cfg.tun.mtu
         self.tun = TunDevice.open(cfg.tun.name, mtu=mtu)
+        self.tun.accept_local_source()  # ICMP errors we write come from our gateway address
         gateways = [g for g in (self.pool.gateway_v4, self.pool.gateway_v6) if g is not None]
         for gateway in gateways:
             self.tun.add_address(gateway)
@@ -575,25 +571,18 @@ class RelayServer:
             h3 = protocol.h3
             if h3 is None or session not in self.sessions:
                 return 0
-            quic = protocol._quic
-            sent = 0
-            if session.carrier is Carrier.DATAGRAM:
-                for packet in packets:
-                    if aioquic_internals.pending_datagram_count(quic) >= bound:
-                        break  # drop the newest: the caller counts queue_full
-                    h3.send_datagram(session.stream_id, _CONTEXT_ZERO + packet)
-                    sent += 1
+            if session.carrier is Carrier.LENGTH:
+                frame = _length_prefixed
             else:
-                limit = bound * _PACKET_BYTES
-                for packet in packets:
-                    if aioquic_internals.stream_send_buffered(quic, session.stream_id) >= limit:
-                        break
-                    if session.carrier is Carrier.CAPSULE:
-                        data = session.connect_ip.send_datagram_capsule(packet)
-                    else:
-                        data = len(packet).to_bytes(2, "big") + packet
-                    h3.send_data(session.stream_id, data, end_stream=False)
-                    sent += 1
+                frame = session.connect_ip.send_datagram_capsule
+            sent = send_ip_packets(
+                h3,
+                session.stream_id,
+                packets,
+                as_datagrams=session.carrier is Carrier.DATAGRAM,
+                frame=frame,
+                queue_bound=bound,
+            )
             if sent:
                 session.tx_packets += sent
                 session.tx_bytes += sum(len(p) for p in packets[:sent])
@@ -646,6 +635,11 @@ class RelayServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _length_prefixed(packet: bytes) -> bytes:
+    """Compat carrier framing: 2-byte big-endian length, then the packet."""
+    return len(packet).to_bytes(2, "big") + packet
 
 
 def _bracket(host: str) -> str:

@@ -1,0 +1,116 @@
+"""End to end: the operator's policies on a real tunnel (mTLS, bandwidth limits)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.traffic import ping, tcp_transfer
+from tests.tunnel_harness import TunnelBed
+
+pytestmark = pytest.mark.netns
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a client certificate it issued; returns (ca.pem, client.pem, client.key)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("masque test clients CA"))
+        .issuer_name(_name("masque test clients CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("client-1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (directory / n for n in ("ca.pem", "client.pem", "client.key"))
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+@pytest.fixture
+def tb() -> Iterator[TunnelBed]:
+    with TunnelBed() as bed:
+        yield bed
+
+
+def test_mtls_client_certificate_is_required_and_accepted(tb: TunnelBed) -> None:
+    ca, cert, key = _write_pki(tb.new_dir("pki"))
+    config = tb.new_dir("relay-config") / "relay.toml"
+    config.write_text(f'[auth]\nclient_ca_file = "{ca}"\nrequire_client_cert = true\n')
+    relay = tb.start_relay("-c", str(config), token=None)
+
+    # No certificate: refused with 403 before any session exists.
+    anonymous = tb.start_client(relay=relay, send_token=False)
+    assert anonymous.wait_exit(30) == 3
+    assert anonymous.events("refused")[-1].fields["status"] == "403"
+    assert relay.metric("masque_relay_sessions_total") == 0
+
+    # The CA's client certificate: a working tunnel, no token needed.
+    client = tb.start_client(
+        "--client-cert", str(cert), "--client-key", str(key), relay=relay, send_token=False
+    )
+    client.wait_ready()
+    result = ping(tb.bed, tb.client_ns, tb.target_ipv4, count=3)
+    assert result.received == 3
+    assert relay.metric("masque_relay_sessions_total") == 1
+
+
+def test_session_rate_limit_caps_throughput_and_counts_drops(tb: TunnelBed) -> None:
+    relay = tb.start_relay("--session-rate-mbit", "4")
+    client = tb.start_client(relay=relay)
+    client.wait_ready()
+    transfer = tcp_transfer(tb.bed, tb.client_ns, tb.target_ns, tb.target_ipv4, nbytes=3 << 20)
+    assert transfer.intact
+    mbit = transfer.bytes_received * 8 / transfer.seconds / 1e6
+    # 4 Mbit/s plus the bucket's burst: clearly below the ~100 Mbit/s unlimited figure.
+    assert mbit < 8, f"{mbit:.1f} Mbit/s through a 4 Mbit/s session limit"
+    assert relay.metric("masque_relay_packets_dropped_total", reason="rate_limited") > 0
