@@ -157,13 +157,23 @@ class NatManager:
     def start(self) -> None:
         """Install (or atomically replace) our table, then enable forwarding."""
         self._run_nft(self.ruleset())
-        _log.info(
-            "NAT table %s %s installed for %s via %s",
-            _FAMILY,
-            self.table,
-            ", ".join(map(str, self.pools)),
-            self.egress_interface or "any interface",
-        )
+        families = [v for v, on in self._masquerade.items() if on]
+        if families:
+            _log.info(
+                "NAT table %s %s installed: masquerading %s (IPv%s) via %s",
+                _FAMILY,
+                self.table,
+                ", ".join(str(p) for p in self.pools if p.version in families),
+                "/".join(map(str, families)),
+                self.egress_interface or "any interface",
+            )
+        else:
+            _log.info(
+                "no masquerade: %s routed as they are (table %s %s holds counters only)",
+                ", ".join(map(str, self.pools)),
+                _FAMILY,
+                self.table,
+            )
         try:
             if self._manage_sysctls:
                 self._apply_sysctls()

@@ -192,46 +192,51 @@ def sweep_stale_netns() -> list[str]:
     return removed
 
 
-def _setup(bed: TestBed) -> None:
-    for netns in bed.namespaces:
-        _run(["ip", "netns", "add", netns])
-        _run(["ip", "-n", netns, "link", "set", "lo", "up"])
-        # No duplicate address detection: link-local addresses would otherwise stay
-        # tentative for ~2 s and the first IPv6 packets would wait on them.
-        bed.run(
+def add_netns(netns: str) -> None:
+    """Create a namespace with loopback up and no duplicate address detection."""
+    _run(["ip", "netns", "add", netns])
+    _run(["ip", "-n", netns, "link", "set", "lo", "up"])
+    # No duplicate address detection: link-local addresses would otherwise stay
+    # tentative for ~2 s and the first IPv6 packets would wait on them.
+    _run(
+        [
+            "ip",
+            "netns",
+            "exec",
             netns,
-            [
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ],
-        )
-    # Create each veth pair directly inside its namespaces: nothing ever appears
-    # in the root namespace, so concurrent runs cannot collide on interface names.
-    for a, b in (
-        (bed.client_link, bed.relay_client_link),
-        (bed.relay_target_link, bed.target_link),
-    ):
-        _run(
-            [
-                "ip",
-                "link",
-                "add",
-                a.ifname,
-                "netns",
-                a.netns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                b.ifname,
-                "netns",
-                b.netns,
-            ]
-        )
-    for link in (bed.client_link, bed.relay_client_link, bed.relay_target_link, bed.target_link):
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]
+    )
+
+
+def connect_links(a: Link, b: Link) -> None:
+    """Join two namespaces with a veth pair and give both ends their addresses.
+
+    The pair is created directly inside its namespaces: nothing ever appears in
+    the root namespace, so concurrent runs cannot collide on interface names.
+    """
+    _run(
+        [
+            "ip",
+            "link",
+            "add",
+            a.ifname,
+            "netns",
+            a.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b.ifname,
+            "netns",
+            b.netns,
+        ]
+    )
+    for link in (a, b):
         _run(["ip", "-n", link.netns, "addr", "add", str(link.ipv4), "dev", link.ifname])
         # nodad: the address is usable at once instead of after duplicate detection.
         _run(
@@ -249,20 +254,33 @@ def _setup(bed: TestBed) -> None:
             ]
         )
         _run(["ip", "-n", link.netns, "link", "set", link.ifname, "up"])
-    for link, via in (
-        (bed.client_link, bed.relay_client_link),
-        (bed.target_link, bed.relay_target_link),
-    ):
-        _run(["ip", "-n", link.netns, "route", "add", "default", "via", str(via.ipv4.ip)])
-        _run(["ip", "-n", link.netns, "-6", "route", "add", "default", "via", str(via.ipv6.ip)])
+
+
+def route_default_via(link: Link, via: Link) -> None:
+    """Send everything from ``link``'s namespace to ``via`` (both families)."""
+    _run(["ip", "-n", link.netns, "route", "add", "default", "via", str(via.ipv4.ip)])
+    _run(["ip", "-n", link.netns, "-6", "route", "add", "default", "via", str(via.ipv6.ip)])
+
+
+def resolve_neighbour(netns: str, address: ipaddress.IPv6Address) -> None:
+    """Resolve an IPv6 neighbour now: a veth that has just come up may lose the
+    first Neighbour Solicitation, and the kernel retries only after 1 s."""
+    _run(["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", "1", "-w", "5", str(address)])
+
+
+def _setup(bed: TestBed) -> None:
+    for netns in bed.namespaces:
+        add_netns(netns)
+    connect_links(bed.client_link, bed.relay_client_link)
+    connect_links(bed.relay_target_link, bed.target_link)
+    route_default_via(bed.client_link, bed.relay_client_link)
+    route_default_via(bed.target_link, bed.relay_target_link)
     bed.run(
         bed.relay_ns,
         ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
     )
-    # Resolve the relay's IPv6 neighbours now: a veth that has just come up may
-    # lose the first Neighbour Solicitation, and the kernel retries only after 1 s.
     for link in (bed.client_link, bed.target_link):
-        bed.run(bed.relay_ns, ["ping", "-n", "-q", "-c", "1", "-w", "5", str(link.ipv6.ip)])
+        resolve_neighbour(bed.relay_ns, link.ipv6.ip)
 
 
 @contextlib.contextmanager

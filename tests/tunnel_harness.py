@@ -49,7 +49,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.netbed import NETNS_PREFIX, Link, TestBed, _run, delete_netns, open_testbed
+from tests.netbed import (
+    NETNS_PREFIX,
+    Link,
+    TestBed,
+    _run,
+    add_netns,
+    connect_links,
+    delete_netns,
+    open_testbed,
+    resolve_neighbour,
+    route_default_via,
+)
 
 __all__ = [
     "CLIENT_TUN",
@@ -1114,56 +1125,10 @@ class TunnelBed:
             ipaddress.IPv4Interface("10.201.3.1/24"),
             ipaddress.IPv6Interface("fd00:201:3::1/64"),
         )
-        _run(["ip", "netns", "add", netns])
-        _run(["ip", "-n", netns, "link", "set", "lo", "up"])
-        bed.run(
-            netns,
-            [
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ],
-        )
-        a, b = self.client2_link, self.relay_client2_link
-        _run(
-            [
-                "ip",
-                "link",
-                "add",
-                a.ifname,
-                "netns",
-                a.netns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                b.ifname,
-                "netns",
-                b.netns,
-            ]
-        )
-        for link in (a, b):
-            _run(["ip", "-n", link.netns, "addr", "add", str(link.ipv4), "dev", link.ifname])
-            _run(
-                [
-                    "ip",
-                    "-n",
-                    link.netns,
-                    "-6",
-                    "addr",
-                    "add",
-                    str(link.ipv6),
-                    "dev",
-                    link.ifname,
-                    "nodad",
-                ]
-            )
-            _run(["ip", "-n", link.netns, "link", "set", link.ifname, "up"])
-        _run(["ip", "-n", netns, "route", "add", "default", "via", str(b.ipv4.ip)])
-        _run(["ip", "-n", netns, "-6", "route", "add", "default", "via", str(b.ipv6.ip)])
-        bed.run(bed.relay_ns, ["ping", "-n", "-q", "-c", "1", "-w", "5", str(a.ipv6.ip)])
+        add_netns(netns)
+        connect_links(self.client2_link, self.relay_client2_link)
+        route_default_via(self.client2_link, self.relay_client2_link)
+        resolve_neighbour(bed.relay_ns, self.client2_link.ipv6.ip)
 
     # -- endpoints ---------------------------------------------------------------------------
 
