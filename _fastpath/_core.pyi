@@ -1,3 +1,6 @@
+from collections.abc import Iterable
+from types import TracebackType
+
 from typing_extensions import Buffer
 
 def internet_checksum(data: Buffer, initial: int = 0) -> int:
@@ -5,3 +8,182 @@ def internet_checksum(data: Buffer, initial: int = 0) -> int:
 
 def checksum_partial(data: Buffer, initial: int = 0) -> int:
     """Return the folded one's-complement sum of ``data`` plus ``initial``, not complemented."""
+
+# -- tun.pxi -------------------------------------------------------------------
+
+class Tun:
+    """A TUN device (IFF_TUN | IFF_NO_PI) read and written in batches; vnet_hdr/TSO/USO and
+    multi-queue probed at open with quiet fallback."""
+
+    def __init__(
+        self, name: str = "mqtun%d", *, vnet_hdr: bool = True, queues: int = 1
+    ) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def queues(self) -> int: ...
+    @property
+    def vnet_hdr(self) -> bool: ...
+    @property
+    def offloads(self) -> int: ...
+    @property
+    def mode(self) -> str:
+        """``"plain"`` or e.g. ``"vnet_hdr+csum+tso4+tso6+uso"``, plus ``"+mqN"`` (multi-queue)."""
+    def fileno(self, queue: int = 0) -> int: ...
+    @property
+    def fds(self) -> tuple[int, ...]: ...
+    @property
+    def stats(self) -> dict[str, int]:
+        """reads, writes, gso_frames, segments_split, errors."""
+    def read_packets(
+        self, max_packets: int = 64, mtu: int = 1500, queue: int = 0
+    ) -> list[bytes]: ...
+    def write_packets(self, packets: Iterable[Buffer], queue: int = 0) -> int: ...
+    def __enter__(self) -> Tun: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+def vnet_split(frame: Buffer, mtu: int = 0) -> list[bytes]:
+    """Split/complete one vnet_hdr frame (10-byte header + packet) as Tun.read_packets would."""
+
+# -- batch.pxi -----------------------------------------------------------------
+
+class PacketBatch:
+    """A reusable arena (one C allocation) of ``slots`` packet slots of ``slot_size``
+    bytes, each preceded by ``headroom`` bytes for framing written in place."""
+
+    def __init__(self, slots: int = 64, slot_size: int = 2048, headroom: int = 64) -> None: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def slot_size(self) -> int: ...
+    @property
+    def headroom(self) -> int: ...
+    @property
+    def count(self) -> int:
+        """Slots in use (0 .. count-1); settable within 0..slots."""
+    @count.setter
+    def count(self, value: int) -> None: ...
+    def __len__(self) -> int: ...
+    def view(self, i: int) -> memoryview:
+        """Zero-copy writable view of packet ``i`` (without headroom); i < count."""
+    def headroom_view(self, i: int, n: int) -> memoryview:
+        """The ``n`` <= headroom bytes right in front of packet ``i``."""
+    def slot_view(self, i: int) -> memoryview:
+        """The whole ``slot_size`` packet area of slot ``i`` (fill, then set_length)."""
+    def length(self, i: int) -> int: ...
+    def set_length(self, i: int, n: int) -> None:
+        """Set slot ``i``'s length; grows count to i + 1 if needed."""
+    def set(self, i: int, data: Buffer) -> None:
+        """Copy ``data`` into slot ``i``; grows count to i + 1 if needed."""
+    def append(self, data: Buffer) -> int:
+        """Copy ``data`` into slot ``count``; return its index."""
+    def clear(self) -> None:
+        """count = 0 and every length 0; the arena is kept."""
+
+# -- packet.pxi ----------------------------------------------------------------
+
+#: PacketError rule per C parse result ("" = valid).
+PACKET_RULES: tuple[str, ...]
+
+def parse_ip_header(packet: Buffer) -> tuple[int, int, int, int, int, int, bool]:
+    """``masque.ippacket.parse_ip_packet`` in C: (version, protocol, ttl, header_length,
+    total_length, fragment_offset, more_fragments); ``ValueError(rule)`` if invalid."""
+
+def is_link_scoped(address: Buffer) -> bool:
+    """``masque.ippacket.is_link_scoped`` for a packed 4- or 16-byte address."""
+
+def decrement_ttl(packet: Buffer) -> int:
+    """``masque.ippacket.decrement_ttl`` in place (RFC 1624); ``ValueError(rule)``."""
+
+class PacketPolicy:
+    """Snapshot of a ConnectIpSession's check_incoming (or check_outgoing) policy."""
+
+    def __init__(self, session: object, *, outgoing: bool = False) -> None: ...
+    @property
+    def counters(self) -> tuple[int, ...]:
+        """Packets checked by check_incoming_batch, indexed by masque.session.Verdict."""
+    def reset_counters(self) -> None: ...
+
+def check_incoming(policy: PacketPolicy, packet: Buffer) -> int:
+    """The masque.session.Verdict value for one packet (not counted)."""
+
+def check_incoming_batch(batch: PacketBatch, policy: PacketPolicy) -> bytearray:
+    """One verdict byte per packet of ``batch``; counted in ``policy.counters``."""
+
+def decrement_ttl_batch(batch: PacketBatch, verdicts: Buffer | None = None) -> bytearray:
+    """Decrement TTLs in place where the verdict is ACCEPT (all if None); new TTLs, 0 =
+    not forwarded (TTL <= 1: send Time Exceeded; dropped; not IP)."""
+
+# -- lpm.pxi -------------------------------------------------------------------
+
+class PrefixTable:
+    """Longest-prefix match (binary trie, O(32)/O(128) per lookup) to session ids."""
+
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def add(self, network: object, sid: int) -> None: ...
+    def remove(self, network: object) -> int:
+        """Remove exactly ``network``; its id. KeyError if absent."""
+    def lookup(self, address: object) -> int:
+        """Id of the longest prefix covering ``address`` (bytes, ip_address or str); -1."""
+    def lookup_batch(self, batch: PacketBatch) -> list[int]: ...
+
+# -- udp.pxi -------------------------------------------------------------------
+
+class UdpSocket:
+    """A UDP socket read and written in batches (recvmmsg/sendmmsg); UDP GSO/GRO probed
+    at run time with quiet fallback. ``UdpSocket(fd)`` wraps a socket without owning it."""
+
+    def __init__(
+        self, fd: int, *, own: bool = False, gso: bool = True, gro: bool | None = None
+    ) -> None: ...
+    @classmethod
+    def bind(
+        cls,
+        host: str = "::",
+        port: int = 0,
+        *,
+        dual_stack: bool = True,
+        gso: bool = True,
+        gro: bool | None = None,
+    ) -> UdpSocket: ...
+    def close(self) -> None: ...
+    def detach(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def fileno(self) -> int: ...
+    @property
+    def family(self) -> int: ...
+    @property
+    def dual_stack(self) -> bool: ...
+    @property
+    def features(self) -> str:
+        """``"gso+gro"``, ``"gso"``, ``"gro"`` or ``"plain"``."""
+    @property
+    def local_address(self) -> tuple[str, int]: ...
+    @property
+    def stats(self) -> dict[str, int]:
+        """syscalls, datagrams_sent, datagrams_received, gso_batches, gro_splits,
+        send_errors, recv_errors, truncated."""
+    def recv_batch(
+        self, max_datagrams: int = 64, timeout: float = 0.0
+    ) -> list[tuple[bytes, tuple[str, int], int]]: ...
+    def send_batch(
+        self, datagrams: Iterable[tuple[Buffer, tuple[str, int] | tuple[str, int, int, int]]]
+    ) -> int: ...
+    def __enter__(self) -> UdpSocket: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

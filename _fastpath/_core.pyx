@@ -10,3 +10,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from _fastpath.includes.csrc cimport masque_csum, masque_csum_partial
 
 include "checksum.pxi"
+include "tun.pxi"
+include "batch.pxi"
+include "packet.pxi"
+include "lpm.pxi"
+include "udp.pxi"
