@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="longest pause between reconnection attempts (s)",
     )
+    parser.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="pure-Python packet I/O (for comparison and debugging)",
+    )
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -111,6 +116,7 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         tun_name=args.tun_name,
         mtu=args.mtu,
         reconnect_max=args.reconnect_max,
+        fast_path=not args.no_fast_path,
     )
 
 

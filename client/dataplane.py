@@ -7,14 +7,18 @@ points (:meth:`ClientDataPlane.on_tun_readable`, :meth:`ClientDataPlane.from_rel
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
+import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from masque.icmp import IcmpErrorKind, build_icmp_error
 from masque.session import ConnectIpSession, Verdict
 from netio.tun import TunDevice
+from netio.udp import UdpBatchIO, make_batch_io
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +106,17 @@ class ClientDataPlane:
                 self.dropped[verdict.name.lower()] += 1
         if accepted:
             self.received_packets += self._tun.write_batch(accepted)
+
+
+def udp_batch_io(sock: socket.socket, *, fast: bool) -> UdpBatchIO:
+    """Batch I/O for the client's UDP socket: compiled (mmsg, GSO/GRO) unless ``fast`` is off."""
+    compiled: Callable[[int], UdpBatchIO] | None = None
+    if fast:
+        try:
+            from _fastpath import UdpSocket
+        except ImportError as error:
+            log.warning("fast path unavailable (%s): using Python UDP I/O", error)
+        else:
+            # Only this object reads the socket, so GRO's merged buffers are safe to ask for.
+            compiled = cast(Callable[[int], UdpBatchIO], functools.partial(UdpSocket, gro=True))
+    return make_batch_io(sock, compiled)

@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, ErrorCode
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
@@ -32,7 +32,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 
-from client.dataplane import ClientDataPlane
+from client.dataplane import ClientDataPlane, udp_batch_io
 from client.routes import RouteManager
 from client.tls import TlsPolicy
 from masque.capsule import IpAddressRange
@@ -41,8 +41,10 @@ from masque.events import DatagramReceived as CapsuleDatagram
 from masque.request import build_connect_ip_headers
 from masque.session import ConnectIpSession, Role
 from masque.template import TARGET_ANY, TargetScope, UriTemplate
+from netio import aioquic_internals
 from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload, send_ip_packets
 from netio.tun import TunDevice
+from netio.udp import BatchedUdpEndpoint, as_socket_address, open_udp_socket
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class ClientOptions:
     mtu: int = DEFAULT_MAX_MTU
     reconnect_max: float = 30.0
     send_queue_packets: int = 1024
+    fast_path: bool = True  # batched UDP I/O through _fastpath (false: pure Python)
 
 
 def _line(out: TextIO, word: str, **fields: object) -> None:
@@ -104,6 +107,10 @@ class ClientProtocol(QuicConnectionProtocol):
         self.handler: Any = None  # the _Attempt in charge, once the request is sent
         self.closed = asyncio.Event()
         self.close_reason = ""
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        # The endpoint calls transmit() once at the end of each receive batch.
+        aioquic_internals.receive_without_transmit(self, data, addr)  # type: ignore[arg-type]
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
@@ -240,24 +247,25 @@ class ClientTunnel:
 
     async def _attempt(self) -> str:
         opts = self.options
-        configuration = self._configuration()
-
-        def create_protocol(quic: QuicConnection, **kwargs: Any) -> ClientProtocol:
-            return ClientProtocol(quic, datagrams=opts.datagrams, **kwargs)
-
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(opts.relay_host, opts.relay_port, type=socket.SOCK_DGRAM)
         async with contextlib.AsyncExitStack() as stack:
-            protocol = await asyncio.wait_for(
-                stack.enter_async_context(
-                    connect(
-                        opts.relay_host,
-                        opts.relay_port,
-                        configuration=configuration,
-                        create_protocol=create_protocol,
-                    )
-                ),
-                timeout=IDLE_TIMEOUT,
+            sock = open_udp_socket("::", 0)
+            protocol = ClientProtocol(
+                QuicConnection(configuration=self._configuration()), datagrams=opts.datagrams
             )
-            assert isinstance(protocol, ClientProtocol)
+            endpoint = BatchedUdpEndpoint(
+                sock,
+                udp_batch_io(sock, fast=opts.fast_path),
+                protocol.datagram_received,
+                protocol.transmit,
+            )
+            stack.callback(endpoint.close)
+            protocol.connection_made(endpoint)
+            endpoint.start()
+            stack.push_async_callback(_close_quietly, protocol)
+            protocol.connect(as_socket_address(sock, infos[0][4][0], opts.relay_port))
+            await asyncio.wait_for(protocol.wait_connected(), timeout=IDLE_TIMEOUT)
             opts.tls.check_peer(protocol._quic)
             return await self._session(protocol, stack)
         return "closed"
@@ -391,6 +399,13 @@ async def _until(future: asyncio.Future[Any], protocol: ClientProtocol, timeout:
     if protocol.closed.is_set():
         raise ConnectionError(f"connection closed: {protocol.close_reason}")
     raise TimeoutError("the relay did not answer in time")
+
+
+async def _close_quietly(protocol: ClientProtocol) -> None:
+    """Close the QUIC connection and give the CONNECTION_CLOSE a moment to leave."""
+    protocol.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(protocol.wait_closed(), timeout=1.0)
 
 
 async def _keepalive(protocol: ClientProtocol) -> None:

@@ -8,8 +8,10 @@ an upgrade renames or retypes any of them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aioquic import tls
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.connection import QuicConnection
 from cryptography import x509
 
@@ -110,3 +112,21 @@ def on_client_handshake_verified(quic: QuicConnection, check: Callable[[], None]
         installed(direction, epoch, cipher_suite, secret)
 
     context.update_traffic_key_cb = update_traffic_key
+
+
+PROTOCOL_ATTRIBUTES = (
+    "_quic",  # QuicConnectionProtocol: its QuicConnection
+    "_loop",  # QuicConnectionProtocol: the event loop (clock for receive_datagram)
+    "_process_events",  # QuicConnectionProtocol: hands QUIC events to quic_event_received
+)
+
+
+def receive_without_transmit(protocol: QuicConnectionProtocol, data: bytes, addr: Any) -> None:
+    """What ``QuicConnectionProtocol.datagram_received`` does, minus its ``transmit()``.
+
+    aioquic transmits after every datagram (a full pass over the connection, about
+    a third of a receiver's CPU); a batched endpoint calls ``transmit()`` once per
+    connection per batch instead.
+    """
+    protocol._quic.receive_datagram(data, addr, now=protocol._loop.time())
+    protocol._process_events()

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tun-mtu", type=int, help="relay TUN device MTU")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     parser.add_argument("--idle-timeout", type=float, help="end sessions idle this long (s)")
+    parser.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="pure-Python packet I/O (for comparison and debugging)",
+    )
     parser.add_argument("--session-rate-mbit", type=float, help="per-session bandwidth cap")
     parser.add_argument("--global-rate-mbit", type=float, help="whole-relay bandwidth cap")
     parser.add_argument("--log-level", help="debug, info, warning, error")
@@ -90,6 +95,8 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         cfg = replace(cfg, metrics=replace(cfg.metrics, listen=parse_host_port(args.metrics)))
     if args.idle_timeout:
         cfg = replace(cfg, limits=replace(cfg.limits, idle_timeout=args.idle_timeout))
+    if args.no_fast_path:
+        cfg = replace(cfg, dataplane=replace(cfg.dataplane, fast_path=False))
     if args.session_rate_mbit is not None:
         cfg = replace(cfg, limits=replace(cfg.limits, session_rate_mbit=args.session_rate_mbit))
     if args.global_rate_mbit is not None:

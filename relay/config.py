@@ -204,6 +204,14 @@ class CarrierConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DataplaneConfig:
+    """How packets move."""
+
+    fast_path: bool = True
+    "Batched UDP I/O (recvmmsg/sendmmsg, GSO/GRO) through the compiled _fastpath."
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Resource limits."""
 
@@ -245,6 +253,7 @@ class RelayConfig:
     nat: NatConfig = field(default_factory=NatConfig)
     tun: TunConfig = field(default_factory=TunConfig)
     carrier: CarrierConfig = field(default_factory=CarrierConfig)
+    dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -310,6 +319,9 @@ mtu = 1400                 # >= 1280 when IPv6 is enabled
 mode = "datagram"          # "datagram" (HTTP/3 Datagrams) or "capsule" (always on-stream)
 compat_length_framing = false  # accept 2-byte length-prefixed stream framing too
 send_queue_packets = 1024  # per-session send queue bound
+
+[dataplane]
+fast_path = true           # false: pure-Python packet I/O (comparison, debugging)
 
 [limits]
 idle_timeout = 300.0       # seconds
@@ -536,6 +548,7 @@ class _Parser:
             nat=self._nat(root.table("nat")),
             tun=self._tun(root.table("tun")),
             carrier=self._carrier(root.table("carrier")),
+            dataplane=self._dataplane(root.table("dataplane")),
             limits=self._limits(root.table("limits")),
             log=self._log(root.table("log")),
             metrics=self._metrics(root.table("metrics")),
@@ -701,6 +714,11 @@ class _Parser:
         queue = t.integer("send_queue_packets", 1024, 1, 1 << 20)
         t.finish()
         return CarrierConfig(mode=mode, compat_length_framing=compat, send_queue_packets=queue)
+
+    def _dataplane(self, t: _Table) -> DataplaneConfig:
+        fast_path = t.boolean("fast_path", True)
+        t.finish()
+        return DataplaneConfig(fast_path=fast_path)
 
     def _limits(self, t: _Table) -> LimitsConfig:
         idle = t.number("idle_timeout", 300.0, 1.0, 7 * 24 * 3600.0)

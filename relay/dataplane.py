@@ -15,14 +15,18 @@ reason and answered with ICMP where §7.2.1 says so.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from masque.icmp import IcmpErrorKind, build_icmp_error
 from masque.ippacket import decrement_ttl, is_link_scoped
 from masque.session import Verdict
 from netio.tun import TunDevice
+from netio.udp import UdpBatchIO, make_batch_io
 from relay.metrics import Metrics
 from relay.ratelimit import admit
 from relay.sessions import RelaySession, SessionTable
@@ -200,3 +204,24 @@ def _destination(packet: bytes) -> IPAddress | None:
     if version == 6 and len(packet) >= 40:
         return ipaddress.IPv6Address(packet[24:40])
     return None
+
+
+def udp_batch_io(sock: socket.socket, *, fast: bool) -> UdpBatchIO:
+    """Batch I/O for the relay's UDP socket: the compiled one unless ``fast`` is off.
+
+    The compiled ``UdpSocket`` uses recvmmsg/sendmmsg and GSO/GRO where the kernel
+    has them; without it (``[dataplane] fast_path = false`` or a build without
+    the extension) a pure-Python loop does the same job, slower.
+    """
+    return make_batch_io(sock, compiled_udp_socket() if fast else None)
+
+
+def compiled_udp_socket() -> Callable[[int], UdpBatchIO] | None:
+    """``_fastpath.UdpSocket``, or None (logged) when the extension lacks it."""
+    try:
+        from _fastpath import UdpSocket
+    except ImportError as error:
+        log.warning("fast path unavailable (%s): using Python UDP I/O", error)
+        return None
+    # Only this object reads the socket, so GRO's merged buffers are safe to ask for.
+    return cast(Callable[[int], UdpBatchIO], functools.partial(UdpSocket, gro=True))

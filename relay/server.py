@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer, serve
+from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN, ErrorCode
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
@@ -39,8 +39,10 @@ from masque.events import DatagramReceived as CapsuleDatagram
 from masque.request import build_connect_ip_response_headers, validate_connect_ip_request
 from masque.session import ConnectIpSession, Role, Scope
 from masque.template import TargetAny, TargetHostname, TargetPrefix, UriTemplate
+from netio import aioquic_internals
 from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload, send_ip_packets
 from netio.tun import TunDevice
+from netio.udp import BatchedUdpEndpoint, open_udp_socket
 from relay.auth import (
     Authenticator,
     ensure_default_token,
@@ -49,7 +51,7 @@ from relay.auth import (
 )
 from relay.certs import certificate_names, ensure_certificate
 from relay.config import CarrierMode, RelayConfig
-from relay.dataplane import RelayDataPlane
+from relay.dataplane import RelayDataPlane, udp_batch_io
 from relay.ipam import AddressPool, Assignment, PoolExhausted
 from relay.metrics import Metrics
 from relay.nat import NatManager
@@ -85,7 +87,9 @@ class RelayProtocol(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.peer == "?":
             self.peer = _format_addr(addr)
-        super().datagram_received(data, addr)
+        # The endpoint transmits once per batch for every connection it touched.
+        aioquic_internals.receive_without_transmit(self, data, addr)  # type: ignore[arg-type]
+        self.relay.transmit_later(self)
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
@@ -187,6 +191,7 @@ class RelayServer:
         self.nat: NatManager | None = None
         self._quic_server: QuicServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._dirty: set[RelayProtocol] = set()
         self._metrics_server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
         m = self.metrics
@@ -269,12 +274,15 @@ class RelayServer:
             self.connections.add(protocol)
             return protocol
 
-        self._quic_server = await serve(
-            cfg.listen.host,
-            cfg.listen.port,
-            configuration=configuration,
-            create_protocol=create_protocol,
+        sock = open_udp_socket(cfg.listen.host, cfg.listen.port)
+        self._quic_server = QuicServer(configuration=configuration, create_protocol=create_protocol)
+        self.udp_io = udp_batch_io(sock, fast=cfg.dataplane.fast_path)
+        self.endpoint = BatchedUdpEndpoint(
+            sock, self.udp_io, self._quic_server.datagram_received, self._transmit_dirty
         )
+        self._quic_server.connection_made(self.endpoint)
+        self.endpoint.start()
+        log.info("UDP I/O: %s", getattr(self.udp_io, "features", "?"))
         if cfg.metrics.listen is not None:
             from relay.metrics import serve_metrics
 
@@ -309,6 +317,15 @@ class RelayServer:
         if self.nat is not None:
             self.nat.stop()
         self._stopped.set()
+
+    def transmit_later(self, protocol: RelayProtocol) -> None:
+        """Have ``protocol`` transmit at the end of the current receive batch."""
+        self._dirty.add(protocol)
+
+    def _transmit_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for protocol in dirty:
+            protocol.transmit()
 
     async def _idle_sweeper(self) -> None:
         timeout = self.config.limits.idle_timeout

@@ -96,7 +96,7 @@ def same_prefix(a: str | None, b: str | None) -> bool:
     """Whether two ``v4=``/``v6=`` values name the same prefix (``-`` or absent: none)."""
 
     def norm(value: str | None) -> object:
-        return None if value in (None, "", "-") else ipaddress.ip_interface(value)
+        return None if value is None or value in ("", "-") else ipaddress.ip_interface(value)
 
     return norm(a) == norm(b)
 
