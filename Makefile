@@ -13,7 +13,7 @@ APT_PACKAGES := clang llvm libbpf-dev libxdp-dev xdp-tools bpftool libssl-dev \
                 iproute2 nftables iperf3 iputils-ping tcpdump procps \
                 gcc make python3 python3-venv python3-dev
 
-.PHONY: all deps apt venv build bpf test demo bench bench-smoke lint clean distclean
+.PHONY: all deps apt venv build bpf test demo bench bench-smoke lint asan clean distclean
 
 all: build bpf
 
@@ -60,6 +60,25 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy masque relay client netio _fastpath bench tests
+
+# The C unit tests of _fastpath under AddressSanitizer and UBSan, built in a copy
+# of the tree so the normal extension is left alone.
+ASAN_DIR := build/asan
+asan: venv
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
+	cp -r setup.py pyproject.toml README.md _fastpath masque tests bpf $(ASAN_DIR)/
+	rm -f $(ASAN_DIR)/_fastpath/*.so $(ASAN_DIR)/_fastpath/_core.c
+	cd $(ASAN_DIR) && CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -g" \
+	  LDFLAGS="-fsanitize=address,undefined" $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(ASAN_DIR) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -c \
+	  "import _fastpath._core as c, sys; sys.exit(0 if '$(ASAN_DIR)' in c.__file__ else 'not the ASan build: ' + c.__file__)"
+	cd $(ASAN_DIR) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+	  tests/test_fastpath_checksum.py tests/test_fastpath_batch.py tests/test_fastpath_lpm.py \
+	  tests/test_fastpath_pktcheck.py tests/test_fastpath_udp.py tests/test_fastpath_tun.py
 
 clean:
 	rm -rf build *.egg-info _fastpath/_core.c _fastpath/*.so bench/results
