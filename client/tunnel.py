@@ -30,7 +30,12 @@ from aioquic.h3.connection import H3_ALPN, ErrorCode
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    QuicEvent,
+    StopSendingReceived,
+    StreamReset,
+)
 
 from client.dataplane import ClientDataPlane, udp_batch_io
 from client.routes import RouteManager
@@ -116,6 +121,13 @@ class ClientProtocol(QuicConnectionProtocol):
         if isinstance(event, ConnectionTerminated):
             self.close_reason = event.reason_phrase or f"error-{event.error_code}"
             self.closed.set()
+        elif (
+            isinstance(event, (StreamReset, StopSendingReceived))
+            and self.handler is not None
+            and event.stream_id == self.handler.stream_id
+        ):
+            # aioquic's H3 layer swallows these: our request stream is gone.
+            self.handler.stream_gone("stream-reset")
         for h3_event in self.h3.handle_event(event):
             if self.handler is not None:
                 self.handler.h3_event(h3_event)
@@ -137,6 +149,7 @@ class _Attempt:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: str = ""
     dataplane: ClientDataPlane | None = None
+    stream_dead: bool = False
     early_packets: list[bytes] = field(default_factory=list)
 
     def h3_event(self, event: H3Event) -> None:
@@ -174,6 +187,11 @@ class _Attempt:
         elif len(self.early_packets) < 64:
             self.early_packets.append(bytes(packet))
 
+    def stream_gone(self, reason: str) -> None:
+        """The relay reset or stopped our stream: nothing more can be sent on it."""
+        self.stream_dead = True
+        self._end(reason)
+
     def _end(self, reason: str) -> None:
         if not self.ended.is_set():
             self.end_reason = reason
@@ -186,14 +204,21 @@ class _Attempt:
 
     def send_packets(self, packets: list[bytes]) -> int:
         """Send a batch to the relay on this session's carrier; one transmit per batch."""
-        sent = send_ip_packets(
-            self.protocol.h3,
-            self.stream_id,
-            packets,
-            as_datagrams=self.carrier == "datagram",
-            frame=self.session.send_datagram_capsule,
-            queue_bound=self.options.send_queue_packets,
-        )
+        if self.ended.is_set():
+            return 0  # the session is over; the tunnel is being torn down
+        try:
+            sent = send_ip_packets(
+                self.protocol.h3,
+                self.stream_id,
+                packets,
+                as_datagrams=self.carrier == "datagram",
+                frame=self.session.send_datagram_capsule,
+                queue_bound=self.options.send_queue_packets,
+            )
+        except Exception as error:  # the stream went away under us
+            log.info("cannot send on the tunnel: %s", error)
+            self.stream_gone("stream-gone")
+            return 0
         if sent:
             self.protocol.transmit()
         return sent

@@ -144,6 +144,8 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
         self.dropped = 0
         self.received = 0
         self.sent = 0
+        #: Datagrams whose handling raised (logged); the rest of their batch went on.
+        self.receive_errors = 0
 
     def start(self) -> None:
         self._loop.add_reader(self._sock.fileno(), self._readable)
@@ -151,6 +153,8 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
     # -- receive ----------------------------------------------------------------------
 
     def _readable(self) -> None:
+        if self._closing:
+            return
         for _ in range(8):  # bounded: other callbacks (TUN, timers) get their turn
             batch = self._io.recv_batch(self._batch_size)
             if not batch:
@@ -162,11 +166,18 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
                     # One spelling per peer: aioquic compares addresses to notice
                     # path changes, and a dual-stack socket names IPv4 peers mapped.
                     addr = (f"::ffff:{addr[0]}", addr[1])
-                self._receiver(data, addr)
+                try:
+                    self._receiver(data, addr)
+                except Exception:
+                    # One bad datagram must not cost the rest of the batch.
+                    self.receive_errors += 1
+                    log.exception("error handling a datagram from %s", addr)
             if len(batch) < self._batch_size:
                 break
-        self._on_batch_end()
-        self.flush()
+        try:
+            self._on_batch_end()
+        finally:
+            self.flush()
 
     # -- send -------------------------------------------------------------------------
 
@@ -184,9 +195,16 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
     def flush(self) -> None:
         """Send everything queued, in as few syscalls as the batch I/O allows."""
         self._flush_scheduled = False
-        while self._out:
+        while self._out and not self._closing:
             batch = list(self._out)
-            sent = self._io.send_batch(batch)
+            try:
+                sent = self._io.send_batch(batch)
+            except (OSError, ValueError) as error:
+                # An address the socket cannot send to: drop that datagram, go on.
+                log.warning("dropping a datagram to %s: %s", batch[0][1], error)
+                self._out.popleft()
+                self.dropped += 1
+                continue
             self.sent += sent
             for _ in range(sent):
                 self._out.popleft()
@@ -219,9 +237,13 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
             return
         self.flush()
         self._closing = True
+        self._out.clear()
         self._loop.remove_reader(self._sock.fileno())
         if self._writer_armed:
             self._loop.remove_writer(self._sock.fileno())
+        close_io = getattr(self._io, "close", None)
+        if close_io is not None:
+            close_io()  # the compiled socket wraps the fd without owning it
         self._sock.close()
 
     def abort(self) -> None:

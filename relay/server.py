@@ -30,7 +30,13 @@ from aioquic.h3.connection import H3_ALPN, ErrorCode
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    ProtocolNegotiated,
+    QuicEvent,
+    StopSendingReceived,
+    StreamReset,
+)
 
 from masque.capsule import AssignedAddress, IpAddressRange, sort_ranges
 from masque.errors import RequestError
@@ -62,6 +68,8 @@ log = logging.getLogger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: Sessions one QUIC connection may hold: one client cannot take the whole pool.
+MAX_SESSIONS_PER_CONNECTION = 64
 #: UDP payload our QUIC packets are built to: fits a 1500-byte path over IPv6.
 QUIC_MAX_UDP_PAYLOAD = 1452
 
@@ -83,12 +91,19 @@ class RelayProtocol(QuicConnectionProtocol):
         self.sessions: dict[int, RelaySession] = {}
         # Stream data that arrived while the request was still being accepted.
         self.pending: dict[int, list[tuple[bytes, bool]]] = {}
+        # Every request stream seen: a later HEADERS frame on one is not a new request.
+        self.handled: set[int] = set()
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.peer == "?":
             self.peer = _format_addr(addr)
-        # The endpoint transmits once per batch for every connection it touched.
-        aioquic_internals.receive_without_transmit(self, data, addr)  # type: ignore[arg-type]
+        try:
+            # The endpoint transmits once per batch for every connection it touched.
+            aioquic_internals.receive_without_transmit(self, data, addr)  # type: ignore[arg-type]
+        except Exception:
+            # One connection's failure must not cost the other clients their packets.
+            log.exception("connection from %s: error handling a datagram", self.peer)
+            self.relay.internal_errors.value += 1
         self.relay.transmit_later(self)
 
     def quic_event_received(self, event: QuicEvent) -> None:
@@ -97,9 +112,17 @@ class RelayProtocol(QuicConnectionProtocol):
                 self._quic, enable_datagrams=self.relay.config.carrier.mode is CarrierMode.DATAGRAM
             )
         elif isinstance(event, ConnectionTerminated):
+            self.pending.clear()  # requests still being accepted are abandoned
             for session in list(self.sessions.values()):
                 self.relay.end_session(session, "connection-closed", send_fin=False)
             self.relay.connections.discard(self)
+        elif isinstance(event, (StreamReset, StopSendingReceived)):
+            # aioquic's H3 layer swallows these: the request stream is gone, and so
+            # is the session on it (and anything we still meant to send there).
+            self.pending.pop(event.stream_id, None)
+            gone = self.sessions.get(event.stream_id)
+            if gone is not None:
+                self.relay.end_session(gone, "stream-reset", send_fin=False)
         if self.h3 is not None:
             for h3_event in self.h3.handle_event(event):
                 self._h3_event_received(h3_event)
@@ -119,8 +142,16 @@ class RelayProtocol(QuicConnectionProtocol):
                 datagram_session.last_activity = time.monotonic()
                 self.relay.dataplane.from_client(datagram_session, (packet,))
         elif isinstance(event, HeadersReceived):
-            if event.stream_id in self.sessions or event.stream_id in self.pending:
-                return  # trailers: nothing to do
+            if event.stream_id in self.handled:
+                # Trailers (or a peer repeating itself): never a second request.
+                trailer_session = self.sessions.get(event.stream_id)
+                if trailer_session is not None and event.stream_ended:
+                    self.relay.stream_data(trailer_session, b"", True)
+                return
+            self.handled.add(event.stream_id)
+            if len(self.sessions) + len(self.pending) >= MAX_SESSIONS_PER_CONNECTION:
+                self.relay.refuse(self, event.stream_id, 429, "too-many-sessions-on-connection")
+                return
             self.pending[event.stream_id] = []
             if event.stream_ended:
                 self.pending[event.stream_id].append((b"", True))
@@ -190,7 +221,8 @@ class RelayServer:
         self.tun: TunDevice | None = None
         self.nat: NatManager | None = None
         self._quic_server: QuicServer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._dirty: set[RelayProtocol] = set()
         self._metrics_server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
@@ -202,6 +234,10 @@ class RelayServer:
             "CONNECT-IP requests refused, by HTTP status.",
             labels=("status",),
         )
+        self.internal_errors = m.counter(
+            "masque_relay_internal_errors",
+            "Unexpected errors while handling one connection's input (logged with a traceback).",
+        ).child()
         self.unknown_datagrams = m.counter(
             "masque_relay_unknown_datagrams",
             "HTTP Datagrams for streams that are not an accepted CONNECT-IP request.",
@@ -287,7 +323,7 @@ class RelayServer:
             from relay.metrics import serve_metrics
 
             self._metrics_server = await serve_metrics(self.metrics, *cfg.metrics.listen)
-        self._tasks.append(asyncio.create_task(self._idle_sweeper()))
+        self._spawn_task(asyncio.create_task(self._idle_sweeper()))
         _events_line(
             self.out,
             "ready",
@@ -296,9 +332,14 @@ class RelayServer:
             mtu=mtu,
         )
 
+    def _spawn_task(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
         """Graceful drain: end every session, close connections, remove TUN and NAT state."""
-        for task in self._tasks:
+        self._stopping = True  # from now on, new requests get 503
+        for task in list(self._tasks):
             task.cancel()
         for session in list(self.sessions):
             self.end_session(session, "shutdown")
@@ -342,6 +383,9 @@ class RelayServer:
         self, protocol: RelayProtocol, stream_id: int, headers: list[tuple[bytes, bytes]]
     ) -> None:
         """Validate, authenticate and set up a CONNECT-IP request, or refuse it."""
+        if self._stopping:
+            self.refuse(protocol, stream_id, 503, "stopping")
+            return
         try:
             request = validate_connect_ip_request(
                 headers,
@@ -349,7 +393,7 @@ class RelayServer:
                 require_capsule_protocol=not self.config.carrier.compat_length_framing,
             )
         except RequestError as error:
-            self._refuse(protocol, stream_id, error.http_status, error.rule)
+            self.refuse(protocol, stream_id, error.http_status, error.rule)
             return
         assert self.authenticator is not None
         cert, chain = peer_certificates(protocol._quic)
@@ -358,10 +402,10 @@ class RelayServer:
             extra = []
             if result.www_authenticate:
                 extra.append((b"www-authenticate", result.www_authenticate.encode()))
-            self._refuse(protocol, stream_id, result.status, result.rule, extra=extra)
+            self.refuse(protocol, stream_id, result.status, result.rule, extra=extra)
             return
         if len(self.sessions) >= self.config.limits.max_sessions:
-            self._refuse(protocol, stream_id, 503, "max-sessions")
+            self.refuse(protocol, stream_id, 503, "max-sessions")
             return
         target = request.scope.target
         if isinstance(target, TargetHostname):
@@ -374,7 +418,7 @@ class RelayServer:
                     request.capsule_protocol,
                 )
             )
-            self._tasks.append(task)
+            self._spawn_task(task)
             return
         targets = (target.network,) if isinstance(target, TargetPrefix) else None
         assert isinstance(target, (TargetPrefix, TargetAny))
@@ -394,7 +438,7 @@ class RelayServer:
         try:
             infos = await asyncio.wait_for(loop.getaddrinfo(name, None), timeout=5.0)
         except (OSError, TimeoutError):
-            self._refuse(protocol, stream_id, 502, "target-unresolvable")
+            self.refuse(protocol, stream_id, 502, "target-unresolvable")
             return
         prefixes = {
             ipaddress.ip_network(info[4][0])
@@ -405,7 +449,7 @@ class RelayServer:
             protocol, stream_id, Scope(tuple(sorted(prefixes, key=str)), ipproto), capsule_protocol
         )
 
-    def _refuse(
+    def refuse(
         self,
         protocol: RelayProtocol,
         stream_id: int,
@@ -417,7 +461,10 @@ class RelayServer:
         self.refused.child(status=str(status)).value += 1
         protocol.pending.pop(stream_id, None)
         _events_line(self.out, "refused", status=status, peer=protocol.peer, reason=rule)
-        protocol.respond(stream_id, status, extra=extra or [], end_stream=True)
+        try:
+            protocol.respond(stream_id, status, extra=extra or [], end_stream=True)
+        except Exception as error:  # the peer already reset or ended the stream
+            log.debug("refusal on stream %d not sent: %s", stream_id, error)
         protocol.transmit()
 
     def _establish(
@@ -425,11 +472,17 @@ class RelayServer:
     ) -> None:
         if protocol.h3 is None or stream_id not in protocol.pending:
             return  # the connection or stream went away while we resolved
+        if protocol not in self.connections:
+            protocol.pending.pop(stream_id, None)
+            return
+        if self._stopping or len(self.sessions) >= self.config.limits.max_sessions:
+            self.refuse(protocol, stream_id, 503, "stopping" if self._stopping else "max-sessions")
+            return
         session_id = self.sessions.next_id()
         try:
             assignment = self.pool.allocate(session_id)
         except PoolExhausted:
-            self._refuse(protocol, stream_id, 503, "pool-exhausted")
+            self.refuse(protocol, stream_id, 503, "pool-exhausted")
             return
         if not capsule_protocol:
             carrier = Carrier.LENGTH
@@ -457,15 +510,21 @@ class RelayServer:
             limits_from_client=self._buckets(self._global_from_client),
             limits_to_client=self._buckets(self._global_to_client),
         )
-        protocol.respond(stream_id, 200, capsule_protocol=carrier is not Carrier.LENGTH)
-        # Built for every carrier: the session's packet checks (BCP 38 source, routed
-        # destination) rely on what it assigned and advertised.
-        assign = self._assign_capsule(session, {})
-        routes = connect_ip.advertise_routes(self._routes_for(scope))
-        if carrier is not Carrier.LENGTH:
-            # RFC 9484 §4.7: the complete sets, right after the 2xx, even if empty.
-            self._send_on_stream(protocol, session, assign)
-            self._send_on_stream(protocol, session, routes)
+        try:
+            protocol.respond(stream_id, 200, capsule_protocol=carrier is not Carrier.LENGTH)
+            # Built for every carrier: the session's packet checks (BCP 38 source,
+            # routed destination) rely on what it assigned and advertised.
+            assign = self._assign_capsule(session, {})
+            routes = connect_ip.advertise_routes(self._routes_for(scope))
+            if carrier is not Carrier.LENGTH:
+                # RFC 9484 §4.7: the complete sets, right after the 2xx, even if empty.
+                self._send_on_stream(protocol, session, assign)
+                self._send_on_stream(protocol, session, routes)
+        except Exception as error:  # the peer reset the stream under us
+            log.info("request on stream %d vanished during setup: %s", stream_id, error)
+            protocol.pending.pop(stream_id, None)
+            self.pool.release(session_id)
+            return
         self.sessions.add(session)
         protocol.sessions[stream_id] = session
         self.sessions_total_child.value += 1
@@ -532,6 +591,8 @@ class RelayServer:
                 self.dataplane.from_client(session, (event.packet,))
             elif isinstance(event, AddressRequested):
                 self._address_requested(session, event)
+                if session not in self.sessions:
+                    return
             elif isinstance(event, SessionAborted):
                 self.aborted.child(rule=event.rule).value += 1
                 log.warning("session %d aborted: %s", session.id, event.reason)
@@ -558,23 +619,35 @@ class RelayServer:
             self.end_session(session, "client-closed")
 
     def _address_requested(self, session: RelaySession, event: AddressRequested) -> None:
-        answered: dict[int, int] = {}
-        refusals: list[AssignedAddress] = []
+        granted_by_id: dict[int, IPNetwork] = {}
         for request in event.requests:
             granted = self.pool.request(session.id, request.ip_prefix)
-            if granted is None:
-                refusals.append(
-                    AssignedAddress.rejection(request.request_id, request.ip_prefix.version)
-                )
-            else:
-                answered[granted.version] = request.request_id
+            if granted is not None:
+                granted_by_id[request.request_id] = granted
         session.assignment = self.pool.assignment(session.id)
         self.sessions.reindex(session)
+        # RFC 9484 §4.7.2: every request is answered, with an address or a refusal.
+        # A session holds one prefix per family: when several requests of one family
+        # were granted in turn, the last one holds it and the earlier ones are refused.
+        current = set(session.assignment)
+        answered: dict[int, int] = {}
+        refusals: list[AssignedAddress] = []
+        for request in reversed(event.requests):
+            granted = granted_by_id.get(request.request_id)
+            version = request.ip_prefix.version
+            if granted is not None and granted in current and version not in answered:
+                answered[version] = request.request_id
+            else:
+                refusals.append(AssignedAddress.rejection(request.request_id, version))
         entries = [AssignedAddress(answered.get(p.version, 0), p) for p in session.assignment]
         protocol: RelayProtocol = session.connection
-        self._send_on_stream(
-            protocol, session, session.connect_ip.assign_addresses(entries + refusals)
-        )
+        try:
+            self._send_on_stream(
+                protocol, session, session.connect_ip.assign_addresses(entries + refusals)
+            )
+        except Exception as error:  # the stream is gone: so is the session
+            log.info("session %d: cannot answer ADDRESS_REQUEST: %s", session.id, error)
+            self.end_session(session, "stream-gone", send_fin=False)
         protocol.transmit()
 
     def _send_on_stream(self, protocol: RelayProtocol, session: RelaySession, data: bytes) -> None:
@@ -592,14 +665,19 @@ class RelayServer:
                 frame = _length_prefixed
             else:
                 frame = session.connect_ip.send_datagram_capsule
-            sent = send_ip_packets(
-                h3,
-                session.stream_id,
-                packets,
-                as_datagrams=session.carrier is Carrier.DATAGRAM,
-                frame=frame,
-                queue_bound=bound,
-            )
+            try:
+                sent = send_ip_packets(
+                    h3,
+                    session.stream_id,
+                    packets,
+                    as_datagrams=session.carrier is Carrier.DATAGRAM,
+                    frame=frame,
+                    queue_bound=bound,
+                )
+            except Exception as error:  # the stream was reset or ended under us
+                log.info("session %d: cannot send: %s", session.id, error)
+                self.end_session(session, "stream-gone", send_fin=False)
+                return 0
             if sent:
                 session.tx_packets += sent
                 session.tx_bytes += sum(len(p) for p in packets[:sent])

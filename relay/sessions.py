@@ -49,6 +49,9 @@ class RelaySession:
     #: Bandwidth buckets charged for packets from / to the client (session's, global).
     limits_from_client: tuple[TokenBucket, ...] = ()
     limits_to_client: tuple[TokenBucket, ...] = ()
+    #: Keys of this session in the table's indexes (kept so removal is cheap).
+    indexed_hosts: list[IPAddress] = field(default_factory=list)
+    indexed_prefixes: bool = False
     #: Largest IP packet that fits one unit of this session's carrier (tunnel MTU).
     max_packet: int = 1280
     started: float = field(default_factory=time.monotonic)
@@ -113,11 +116,19 @@ class SessionTable:
         for prefix in session.assignment:
             if prefix.prefixlen == prefix.max_prefixlen:
                 self._by_host[prefix.network_address] = session
+                session.indexed_hosts.append(prefix.network_address)
             else:
                 self._by_prefix.append((prefix, session))
-        self._by_prefix.sort(key=lambda item: -item[0].prefixlen)
+                session.indexed_prefixes = True
+        if session.indexed_prefixes:
+            self._by_prefix.sort(key=lambda item: -item[0].prefixlen)
 
     def _unindex(self, session: RelaySession) -> None:
-        for address in [a for a, s in self._by_host.items() if s is session]:
-            del self._by_host[address]
-        self._by_prefix = [(n, s) for n, s in self._by_prefix if s is not session]
+        # Only this session's own keys: ending a session costs O(its addresses).
+        for address in session.indexed_hosts:
+            if self._by_host.get(address) is session:
+                del self._by_host[address]
+        session.indexed_hosts.clear()
+        if session.indexed_prefixes:
+            self._by_prefix = [(n, s) for n, s in self._by_prefix if s is not session]
+            session.indexed_prefixes = False

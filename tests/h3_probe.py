@@ -284,6 +284,21 @@ class _ProbeServer:
         protocol.h3.send_data(stream_id, data, end_stream=end_stream)
         protocol.transmit()
 
+    async def reset(self, conn: str, stream_id: int, error_code: int = 0x10C) -> None:
+        """Abort both directions of a stream (RESET_STREAM + STOP_SENDING)."""
+        protocol = self._protocol(conn)
+        protocol._quic.reset_stream(stream_id, error_code)
+        protocol._quic.stop_stream(stream_id, error_code)
+        protocol.transmit()
+
+    async def headers(
+        self, conn: str, stream_id: int, headers: Headers, end_stream: bool = False
+    ) -> None:
+        """Another HEADERS frame on an open stream (trailers, or a repeated request)."""
+        protocol = self._protocol(conn)
+        protocol.h3.send_headers(stream_id, headers, end_stream=end_stream)
+        protocol.transmit()
+
     async def datagram(self, conn: str, stream_id: int, payload: bytes) -> None:
         """Send an HTTP Datagram: quarter stream ID, then ``payload`` (context ID included)."""
         protocol = self._protocol(conn)
@@ -527,6 +542,22 @@ class ProbeStream:
     def send(self, data: bytes, *, end_stream: bool = False) -> None:
         self.conn.probe._call(
             "send", conn=self.conn.name, stream_id=self.stream_id, data=data, end_stream=end_stream
+        )
+
+    def reset(self, error_code: int = 0x10C) -> None:
+        """RESET_STREAM and STOP_SENDING for this stream (H3_REQUEST_CANCELLED)."""
+        self.conn.probe._call(
+            "reset", conn=self.conn.name, stream_id=self.stream_id, error_code=error_code
+        )
+
+    def headers(self, headers: Headers, *, end_stream: bool = False) -> None:
+        """A further HEADERS frame on this stream."""
+        self.conn.probe._call(
+            "headers",
+            conn=self.conn.name,
+            stream_id=self.stream_id,
+            headers=headers,
+            end_stream=end_stream,
         )
 
     def datagram(self, payload: bytes) -> None:

@@ -612,6 +612,49 @@ def test_malformed_capsule_aborts_the_session(
     assert report.capsule_types == [CapsuleType.ADDRESS_ASSIGN, CapsuleType.ROUTE_ADVERTISEMENT]
 
 
+def test_client_reset_ends_the_session_and_frees_its_address(
+    bed: TestBed, relay: RelayProcess, probe: Probe
+) -> None:
+    """RESET_STREAM/STOP_SENDING (which aioquic's H3 layer swallows) end the session."""
+    mark = relay.mark()
+    conn = connect(probe, bed, relay)
+    stream, _ = open_session(conn, bed)
+    start = relay.wait_for("session-start", since=mark)
+    stream.reset()
+    relay.wait_for("session-end", since=mark, id=start.fields["id"], reason="stream-reset")
+    relay.wait_metric("masque_relay_sessions_active", 0)
+    # The relay keeps serving the same connection.
+    assert not conn.report().closed
+    _, again = open_session(conn, bed)
+    assert again.status == 200
+    assert sample(relay.metrics(), "masque_relay_internal_errors_total") == 0.0
+
+
+def test_headers_after_a_refusal_or_on_a_session_are_not_new_requests(
+    bed: TestBed, relay: RelayProcess, probe: Probe
+) -> None:
+    """A second HEADERS frame on a stream is never a second request (nor an error)."""
+    mark = relay.mark()
+    before = relay.metrics()
+    conn = connect(probe, bed, relay)
+    refused = conn.open(request_headers(bed, token=None))
+    assert refused.wait(status=True, ended=True).status == 401
+    # Trailers on the refused stream (a request's pseudo-headers there would be
+    # malformed, and aioquic closes the connection for that by itself).
+    refused.headers([(b"authorization", f"Bearer {TOKEN}".encode())])
+    stream, _ = open_session(conn, bed)
+    start = relay.wait_for("session-start", since=mark)
+    stream.headers([(b"x-trailer", b"1")], end_stream=True)  # trailers end the session
+    relay.wait_for("session-end", since=mark, id=start.fields["id"], reason="client-closed")
+    after = relay.metrics()
+    assert sample(after, "masque_relay_sessions_total") == (
+        sample(before, "masque_relay_sessions_total") + 1
+    )
+    assert len(relay.find("refused", since=mark)) == 1
+    assert sample(after, "masque_relay_internal_errors_total") == 0.0
+    assert not conn.report().closed
+
+
 # -- 4. pool exhaustion ---------------------------------------------------------------------
 
 
