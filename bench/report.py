@@ -207,11 +207,35 @@ def _plot_tcp(plt: Any, results: Results, path: Path) -> bool:
     keys = [k for k, m in results.metrics.items() if m.group == "tcp"]
     if not keys:
         return False
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    return _bar_plot(
+        plt,
+        results,
+        keys,
+        [results.metrics[k].scenario for k in keys],
+        size=(8, 4.5),
+        ylabel="Mbit/s (log scale)",
+        title="TCP throughput, median of rounds (whiskers: min-max); label: B/A",
+        path=path,
+    )
+
+
+def _bar_plot(
+    plt: Any,
+    results: Results,
+    keys: list[str],
+    ticks: list[str],
+    *,
+    size: tuple[float, float],
+    ylabel: str,
+    title: str,
+    path: Path,
+) -> bool:
+    """One figure of grouped bars (median, min-max whiskers) on a log axis."""
+    fig, ax = plt.subplots(figsize=size)
     _bars(ax, results, keys, list(results.labels), log=True)
-    _tick_labels(ax, [results.metrics[k].scenario for k in keys])
-    ax.set_ylabel("Mbit/s (log scale)")
-    ax.set_title("TCP throughput, median of rounds (whiskers: min-max); label: B/A")
+    _tick_labels(ax, ticks)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -347,16 +371,16 @@ def _plot_ping(plt: Any, results: Results, path: Path) -> bool:
     keys = [k for k, m in results.metrics.items() if m.group == "ping" and m.table]
     if not keys:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    _bars(ax, results, keys, list(results.labels), log=True)
-    _tick_labels(ax, [f"{results.metrics[k].scenario}\n{results.metrics[k].name}" for k in keys])
-    ax.set_ylabel("ms (log scale)")
-    ax.set_title("Ping RTT client -> target (whiskers: min-max of rounds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _bar_plot(
+        plt,
+        results,
+        keys,
+        [f"{results.metrics[k].scenario}\n{results.metrics[k].name}" for k in keys],
+        size=(7, 4.5),
+        ylabel="ms (log scale)",
+        title="Ping RTT client -> target (whiskers: min-max of rounds)",
+        path=path,
+    )
 
 
 def _plot_sessions(plt: Any, results: Results, path: Path) -> bool:
