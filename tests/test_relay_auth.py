@@ -17,7 +17,7 @@ from aioquic.quic.events import HandshakeCompleted
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from relay.auth import (
     Authenticator,
@@ -32,64 +32,15 @@ from relay.auth import (
 )
 from relay.certs import ensure_certificate
 from relay.config import AuthConfig, ConfigError
+from tests.pki import NOW, Pki
+from tests.pki import name as pki_name
 
 TOKEN_A = "alpha-token-0123456789abcdef"
 TOKEN_B = "bravo-token-0123456789abcdef"
 TOKEN_C = "charlie-token-0123456789abcd"
-NOW = dt.datetime.now(dt.UTC)
 
 
 # -- a small PKI -------------------------------------------------------------------
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-class Pki:
-    def __init__(self, cn: str = "Test CA") -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(_name(cn))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - dt.timedelta(days=1))
-            .not_valid_after(NOW + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-
-    def issue(
-        self,
-        cn: str,
-        *,
-        ca: bool = False,
-        eku: list[x509.ObjectIdentifier] | None = None,
-        days: tuple[int, int] = (-1, 10),
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW + dt.timedelta(days=days[0]))
-            .not_valid_after(NOW + dt.timedelta(days=days[1]))
-        )
-        if ca:
-            builder = builder.add_extension(
-                x509.BasicConstraints(ca=True, path_length=None), critical=True
-            )
-        if eku is not None:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-        return builder.sign(self.key, hashes.SHA256()), key
-
-    def pem_file(self, path: Path) -> Path:
-        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        return path
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +285,7 @@ def test_verifier_with_intermediate(pki: Pki) -> None:
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()
-        .subject_name(_name("carol"))
+        .subject_name(pki_name("carol"))
         .issuer_name(inter_cert.subject)
         .public_key(leaf_key.public_key())
         .serial_number(x509.random_serial_number())
