@@ -78,7 +78,8 @@ asan: venv
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  tests/test_fastpath_checksum.py tests/test_fastpath_batch.py tests/test_fastpath_lpm.py \
-	  tests/test_fastpath_pktcheck.py tests/test_fastpath_udp.py tests/test_fastpath_tun.py
+	  tests/test_fastpath_pktcheck.py tests/test_fastpath_udp.py tests/test_fastpath_tun.py \
+	  tests/test_fastpath_gro.py
 
 clean:
 	rm -rf build *.egg-info _fastpath/_core.c _fastpath/*.so bench/results

@@ -1,21 +1,26 @@
 """The compiled fast path of masque-relay (Cython + C).
 
-Only ``relay/dataplane.py``, ``client/dataplane.py`` and ``relay/xdp.py`` import
-this package; the protocol core (``masque``) never does.
+The data planes reach it through ``netio/compiled.py`` (and ``netio/udp.py`` for
+the UDP socket); the protocol core (``masque``) never imports it.
 """
 
 from _fastpath._core import (
     PACKET_RULES,
+    UNROUTED,
     PacketBatch,
     PacketPolicy,
     PrefixTable,
     Tun,
     UdpSocket,
+    batch_packets,
     check_incoming,
     check_incoming_batch,
+    check_routed_batch,
     checksum_partial,
     decrement_ttl,
     decrement_ttl_batch,
+    frame_datagrams,
+    gro_frames,
     internet_checksum,
     is_link_scoped,
     parse_ip_header,
@@ -24,16 +29,21 @@ from _fastpath._core import (
 
 __all__ = [
     "PACKET_RULES",
+    "UNROUTED",
     "PacketBatch",
     "PacketPolicy",
     "PrefixTable",
     "Tun",
     "UdpSocket",
+    "batch_packets",
     "check_incoming",
     "check_incoming_batch",
+    "check_routed_batch",
     "checksum_partial",
     "decrement_ttl",
     "decrement_ttl_batch",
+    "frame_datagrams",
+    "gro_frames",
     "internet_checksum",
     "is_link_scoped",
     "parse_ip_header",

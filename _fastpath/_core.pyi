@@ -1,4 +1,4 @@
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
 from typing_extensions import Buffer
@@ -37,7 +37,20 @@ class Tun:
     def fds(self) -> tuple[int, ...]: ...
     @property
     def stats(self) -> dict[str, int]:
-        """reads, writes, gso_frames, segments_split, errors."""
+        """reads, writes, gso_frames, segments_split, errors, largest_read (largest frame
+        read, bytes without vnet_hdr), oversize (dropped by read_batch: larger than a slot),
+        gro_frames, segments_coalesced, write_errors (refused writes; also in errors)."""
+    def read_batch(self, batch: PacketBatch, queue: int = 0, mtu: int = 1500) -> int:
+        """Append packets from ``queue`` to ``batch`` from slot ``batch.count`` on (after the
+        headroom) until full or EAGAIN; GSO frames split into TCP packets <= min(mtu,
+        slot_size) with complete checksums, a remainder that does not fit delivered first
+        next call. Returns packets appended (0: nothing ready); OSError on a read error."""
+    def write_batch(
+        self, batch: PacketBatch, verdicts: Buffer | None = None, queue: int = 0
+    ) -> int:
+        """Write packets whose verdict byte is 0 (all if None); with vnet_hdr TCP segments
+        of one flow are coalesced (GRO) into super-frames. Returns packets written
+        (coalesced ones count individually); stops at EAGAIN/ENOBUFS."""
     def read_packets(
         self, max_packets: int = 64, mtu: int = 1500, queue: int = 0
     ) -> list[bytes]: ...
@@ -52,6 +65,12 @@ class Tun:
 
 def vnet_split(frame: Buffer, mtu: int = 0) -> list[bytes]:
     """Split/complete one vnet_hdr frame (10-byte header + packet) as Tun.read_packets would."""
+
+def gro_frames(
+    batch: PacketBatch, verdicts: Buffer | None = None
+) -> list[tuple[tuple[int, ...], bytes]]:
+    """The frames Tun.write_batch writes for ``batch`` on a vnet_hdr device, in order:
+    (batch indices carried, vnet_hdr + packet bytes). For tests and diagnostics."""
 
 # -- batch.pxi -----------------------------------------------------------------
 
@@ -122,6 +141,22 @@ def check_incoming_batch(batch: PacketBatch, policy: PacketPolicy) -> bytearray:
 def decrement_ttl_batch(batch: PacketBatch, verdicts: Buffer | None = None) -> bytearray:
     """Decrement TTLs in place where the verdict is ACCEPT (all if None); new TTLs, 0 =
     not forwarded (TTL <= 1: send Time Exceeded; dropped; not IP)."""
+
+#: Verdict byte of check_routed_batch for a packet no session routes (255).
+UNROUTED: int
+
+def check_routed_batch(
+    batch: PacketBatch, sids: Sequence[int], policies: Mapping[int, PacketPolicy]
+) -> bytearray:
+    """Verdict per packet against ``policies[sids[i]]`` (counted there); UNROUTED (255)
+    where the sid is negative or missing from ``policies``."""
+
+def frame_datagrams(batch: PacketBatch, indices: Iterable[int], prefix: Buffer) -> list[bytes]:
+    """Write ``prefix`` (<= headroom) in front of each indexed packet and return
+    ``prefix + packet`` per index, copied once from the contiguous region."""
+
+def batch_packets(batch: PacketBatch, verdicts: Buffer | None = None) -> list[bytes]:
+    """The packets whose verdict byte is 0 (all if None), in order."""
 
 # -- lpm.pxi -------------------------------------------------------------------
 

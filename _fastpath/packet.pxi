@@ -1,15 +1,20 @@
 # Packet checks (csrc/pktcheck.c): the C twin of masque.ippacket and of
 # ConnectIpSession.check_incoming / check_outgoing, held equal by parity tests.
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from _fastpath.includes.csrc cimport (
     masque_ip_header, masque_range, masque_range_list, masque_policy,
     masque_parse_ip, masque_is_link_scoped, masque_decrement_ttl,
     masque_check_packet, masque_check_batch, masque_decrement_ttl_batch,
-    MASQUE_VERDICT_COUNT,
+    masque_check_routed_batch, masque_batch_packet,
+    MASQUE_VERDICT_COUNT, MASQUE_VERDICT_UNROUTED,
 )
+
+#: The verdict byte :func:`check_routed_batch` gives a packet no session routes.
+UNROUTED = MASQUE_VERDICT_UNROUTED
 
 #: masque.errors.PacketError rules, indexed by the C enum masque_pkt_rule.
 PACKET_RULES = (
@@ -180,3 +185,86 @@ def decrement_ttl_batch(PacketBatch batch not None, const uint8_t[::1] verdicts=
     with nogil:
         masque_decrement_ttl_batch(&batch.b, v, out)
     return ttls
+
+
+def check_routed_batch(PacketBatch batch not None, sids, policies) -> bytearray:
+    """Verdicts of packets ``0 .. len(batch)-1``, each checked against the policy
+    of its own session: ``policies[sids[i]]``, counted in that policy.
+
+    For the TUN -> client direction, with ``sids`` from
+    :meth:`PrefixTable.lookup_batch`. A packet whose sid is negative (no
+    prefix covers its destination) or missing from ``policies`` gets
+    :data:`UNROUTED` (255) and is counted nowhere.
+    """
+    cdef Py_ssize_t n = batch.b.count
+    cdef Py_ssize_t i
+    if len(sids) < n:
+        raise ValueError("fewer session ids than packets")
+    verdicts = bytearray(n)
+    if n == 0:
+        return verdicts
+    cdef masque_policy **per_packet = <masque_policy **>PyMem_Malloc(n * sizeof(masque_policy *))
+    if per_packet == NULL:
+        raise MemoryError()
+    cdef long long sid, last_sid = -1
+    cdef masque_policy *last = NULL
+    cdef PacketPolicy policy
+    cdef list keep = []  # the policies stay alive while C uses them
+    cdef uint8_t *out = verdicts
+    try:
+        for i in range(n):
+            sid = sids[i]
+            if sid != last_sid:
+                last_sid = sid
+                last = NULL
+                if sid >= 0:
+                    found = policies.get(sid)
+                    if found is not None:
+                        policy = <PacketPolicy?>found
+                        keep.append(policy)
+                        last = &policy.p
+            per_packet[i] = last
+        with nogil:
+            masque_check_routed_batch(per_packet, &batch.b, out)
+    finally:
+        PyMem_Free(per_packet)
+    return verdicts
+
+
+def frame_datagrams(PacketBatch batch not None, indices, const uint8_t[::1] prefix not None) -> list:
+    """For each index: write ``prefix`` into the headroom right in front of that
+    packet and return ``prefix + packet`` as bytes, copied once from the one
+    contiguous region (the framing stays in the headroom). ``len(prefix)``
+    must not exceed the batch's headroom; IndexError for an index outside
+    ``0 .. len(batch)-1``.
+    """
+    cdef Py_ssize_t plen = prefix.shape[0]
+    cdef Py_ssize_t i
+    cdef uint8_t *pkt
+    if plen > batch.b.headroom:
+        raise ValueError(f"prefix of {plen} bytes exceeds the headroom of {batch.b.headroom}")
+    cdef list out = []
+    for index in indices:
+        i = index
+        if i < 0 or i >= batch.b.count:
+            raise IndexError(f"packet {i} outside 0..{<Py_ssize_t>batch.b.count - 1}")
+        pkt = masque_batch_packet(&batch.b, <uint32_t>i)
+        if plen:
+            memcpy(pkt - plen, &prefix[0], <size_t>plen)
+        out.append(PyBytes_FromStringAndSize(<const char *>pkt - plen, plen + batch.b.lens[i]))
+    return out
+
+
+def batch_packets(PacketBatch batch not None, const uint8_t[::1] verdicts=None) -> list:
+    """The packets of ``batch`` whose verdict byte is 0 (all when ``verdicts`` is
+    None), in order, as bytes."""
+    cdef Py_ssize_t n = batch.b.count
+    cdef Py_ssize_t i
+    if verdicts is not None and verdicts.shape[0] < n:
+        raise ValueError("fewer verdicts than packets")
+    cdef list out = []
+    for i in range(n):
+        if verdicts is None or verdicts[i] == 0:
+            out.append(PyBytes_FromStringAndSize(
+                <const char *>masque_batch_packet(&batch.b, <uint32_t>i), batch.b.lens[i]))
+    return out

@@ -1,16 +1,22 @@
-# TUN device with vnet_hdr offloads (csrc/tun.c, csrc/offload.c).
-# One Python call reads or writes a whole batch; GSO super-segments are split in C.
+# TUN device with vnet_hdr offloads (csrc/tun.c, csrc/offload.c, csrc/gro.c).
+# One Python call reads or writes a whole batch; GSO super-segments are split in C
+# on read, TCP segments coalesced into super-frames (GRO) on write.
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport malloc, free
-from libc.string cimport strerror
+from libc.string cimport memset, strerror
+from libc.stdint cimport int32_t
+from posix.uio cimport iovec
 from libc.errno cimport EAGAIN
 
 from _fastpath.includes.csrc cimport (
     masque_tun, masque_tun_open, masque_tun_close, masque_tun_next, masque_tun_write,
+    masque_tun_read_batch, masque_tun_write_batch,
     masque_vnet_hdr, masque_vnet_hdr_decode, masque_gso_split, masque_vnet_complete_csum,
     MASQUE_TUN_F_CSUM, MASQUE_TUN_F_TSO4, MASQUE_TUN_F_TSO6, MASQUE_TUN_F_USO4,
     MASQUE_TUN_F_USO6, MASQUE_VNET_HDR_LEN, MASQUE_VNET_GSO_NONE, MASQUE_VNET_F_NEEDS_CSUM,
+    masque_gro, masque_gro_reserve, masque_gro_free, masque_gro_plan, masque_gro_frame,
+    MASQUE_GRO_MAX_SEGS, MASQUE_GRO_HDR_BUF, MASQUE_GRO_SKIP,
 )
 
 
@@ -114,14 +120,82 @@ cdef class Tun:
 
     @property
     def stats(self):
-        """Counters: frames read, packets written, GSO frames, packets made by splitting them, errors."""
+        """Counters since open.
+
+        ``reads`` frames read; ``writes`` packets written (a coalesced
+        super-frame counts each of its segments); ``gso_frames`` frames read
+        that were GSO super-segments and ``segments_split`` the packets made of
+        them; ``largest_read`` the largest frame read (bytes, without the
+        vnet_hdr); ``oversize`` packets :meth:`read_batch` dropped for being
+        larger than a slot; ``gro_frames`` super-frames written and
+        ``segments_coalesced`` the packets inside them; ``write_errors`` writes
+        the kernel refused; ``errors`` malformed frames dropped plus refused
+        writes.
+        """
         return {
             "reads": self._t.stats.reads,
             "writes": self._t.stats.writes,
             "gso_frames": self._t.stats.gso_frames,
             "segments_split": self._t.stats.segments_split,
             "errors": self._t.stats.errors,
+            "largest_read": self._t.stats.largest_read,
+            "oversize": self._t.stats.oversize,
+            "gro_frames": self._t.stats.gro_frames,
+            "segments_coalesced": self._t.stats.segments_coalesced,
+            "write_errors": self._t.stats.write_errors,
         }
+
+    def read_batch(self, PacketBatch batch not None, int queue=0, int mtu=1500):
+        """Append packets read from ``queue`` to ``batch``, without blocking.
+
+        Packets go into slots ``batch.count``, ``batch.count + 1``, ... (each
+        right after the slot's headroom, so framing can be written in front)
+        until the batch is full or the device has nothing more. A GSO
+        super-segment (vnet_hdr) is split in C: TCP into packets of at most
+        ``min(mtu, batch.slot_size)`` bytes (``mtu`` 0: the slot size), UDP into
+        the sender's datagrams; partial checksums are completed. Segments that
+        do not fit the slots left stay in the Tun and come first on the next
+        call (on this queue), so nothing is lost and the order is kept. A
+        packet larger than a slot is dropped and counted in
+        ``stats["oversize"]``. Returns the number of packets appended (0 when
+        nothing was ready); OSError when a read fails before any packet came.
+        """
+        self._check(queue)
+        cdef int r
+        cdef size_t m = <size_t>mtu if mtu > 0 else 0
+        with nogil:
+            r = masque_tun_read_batch(self._t, queue, &batch.b, m)
+        if r < 0:
+            raise _tun_oserror(r, f"reading {self.name}")
+        return r
+
+    def write_batch(self, PacketBatch batch not None, const uint8_t[::1] verdicts=None, int queue=0):
+        """Write packets ``0 .. batch.count-1`` whose verdict byte is 0 (all when
+        ``verdicts`` is None) to ``queue``; return how many were written.
+
+        With vnet_hdr, TCP segments of one flow anywhere in the batch are
+        coalesced (GRO) into super-frames the kernel takes in one write:
+        only when splitting the super-frame gives back the very segments
+        (same 5-tuple, IP and TCP header fields, ACK number and options,
+        contiguous sequence numbers, equal payload sizes but for a shorter
+        last one, ACK/PSH flags only, valid checksums; at most 64 KB). A
+        super-frame goes out at the position of its first segment, so the
+        packets of one flow keep their order; everything else is written
+        alone. Coalesced packets count individually in the result and in
+        ``stats["writes"]``. Stops at EAGAIN/ENOBUFS (the rest is not
+        written); a packet the kernel refuses is counted in
+        ``stats["write_errors"]`` and skipped. Empty packets are skipped.
+        """
+        self._check(queue)
+        if verdicts is not None and <size_t>verdicts.shape[0] < batch.b.count:
+            raise ValueError("fewer verdicts than packets")
+        cdef const uint8_t *v = NULL
+        if verdicts is not None and verdicts.shape[0]:
+            v = &verdicts[0]
+        cdef int r
+        with nogil:
+            r = masque_tun_write_batch(self._t, queue, &batch.b, v)
+        return r
 
     def read_packets(self, int max_packets=64, int mtu=1500, int queue=0):
         """Read up to ``max_packets`` IP packets from ``queue`` without blocking.
@@ -219,3 +293,52 @@ def vnet_split(const uint8_t[::1] frame not None, int mtu=0):
     finally:
         free(out)
         free(lens)
+
+
+def gro_frames(PacketBatch batch not None, const uint8_t[::1] verdicts=None):
+    """The frames :meth:`Tun.write_batch` writes for ``batch`` on a vnet_hdr
+    device, in write order, each as ``(indices, frame)``: the batch indices of
+    the packets it carries and its bytes, virtio_net_hdr (10 bytes) first. A
+    frame carrying one packet has an all-zero header. The batch is not changed.
+    """
+    cdef Py_ssize_t count = batch.b.count
+    if verdicts is not None and verdicts.shape[0] < count:
+        raise ValueError("fewer verdicts than packets")
+    cdef const uint8_t *v = NULL
+    if verdicts is not None and verdicts.shape[0]:
+        v = &verdicts[0]
+    cdef masque_gro g
+    memset(&g, 0, sizeof(g))
+    cdef uint8_t hdrbuf[MASQUE_GRO_HDR_BUF]
+    cdef iovec *iov = <iovec *>malloc((MASQUE_GRO_MAX_SEGS + 1) * sizeof(iovec))
+    cdef Py_ssize_t i
+    cdef int32_t role, j
+    cdef int n, k
+    cdef list out = []
+    try:
+        if iov == NULL or masque_gro_reserve(&g, <uint32_t>count) < 0:
+            raise MemoryError()
+        masque_gro_plan(&g, &batch.b, v, 1)
+        for i in range(count):
+            role = g.role[i]
+            if role == MASQUE_GRO_SKIP or (role >= 0 and g.items[role].first != <uint32_t>i):
+                continue
+            if role >= 0 and g.items[role].nsegs > 1:
+                n = masque_gro_frame(&g, &batch.b, <uint32_t>role, hdrbuf, iov)
+                parts = []
+                for k in range(n):
+                    parts.append(PyBytes_FromStringAndSize(<const char *>iov[k].iov_base,
+                                                           <Py_ssize_t>iov[k].iov_len))
+                frame = b"".join(parts)
+                indices = []
+                j = <int32_t>i
+                while j >= 0:
+                    indices.append(j)
+                    j = g.next[j]
+                out.append((tuple(indices), frame))
+            else:
+                out.append(((i,), bytes(MASQUE_VNET_HDR_LEN) + bytes(batch.view(i))))
+        return out
+    finally:
+        masque_gro_free(&g)
+        free(iov)

@@ -1,4 +1,4 @@
-"""_fastpath.PacketBatch: slots, zero-copy views and headroom."""
+"""_fastpath.PacketBatch: slots, zero-copy views and headroom; framing in the headroom."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import _fastpath
+from _fastpath._core import batch_packets, frame_datagrams
 
 
 def test_defaults_and_geometry() -> None:
@@ -104,3 +105,66 @@ def test_packets_round_trip(packets: list[bytes], headroom: int) -> None:
     for i in range(len(batch)):
         batch.headroom_view(i, headroom)[:] = b"\xee" * headroom
     assert [bytes(batch.view(i)) for i in range(len(batch))] == packets
+
+
+def test_frame_datagrams_writes_the_prefix_in_the_headroom() -> None:
+    batch = _fastpath.PacketBatch(slots=4, slot_size=32, headroom=8)
+    packets = [b"first", b"", b"\x45" * 32, b"\xff\x00garbage"]  # contents do not matter
+    for p in packets:
+        batch.append(p)
+    prefix = b"\x40\x05\x00"  # e.g. quarter stream ID (2-byte varint) + context ID 0
+    out = frame_datagrams(batch, [2, 0, 1, 3, 2], prefix)
+    assert out == [prefix + packets[i] for i in (2, 0, 1, 3, 2)]
+    assert all(type(d) is bytes for d in out)
+    for i in range(4):
+        assert bytes(batch.headroom_view(i, 3)) == prefix  # written in place, in front
+        assert bytes(batch.view(i)) == packets[i]  # packets untouched
+    assert frame_datagrams(batch, [], prefix) == []
+    assert frame_datagrams(batch, [0], b"") == [b"first"]
+    assert frame_datagrams(batch, [0], b"12345678") == [b"12345678first"]  # the whole headroom
+    assert frame_datagrams(batch, range(2), bytearray(b"\x01")) == [b"\x01first", b"\x01"]
+
+
+def test_frame_datagrams_errors() -> None:
+    batch = _fastpath.PacketBatch(slots=4, slot_size=32, headroom=8)
+    batch.append(b"abc")
+    batch.append(b"def")
+    with pytest.raises(ValueError):
+        frame_datagrams(batch, [0], b"123456789")  # longer than the headroom
+    for bad in (-1, 2, 4, 1 << 40):
+        with pytest.raises(IndexError):
+            frame_datagrams(batch, [0, bad], b"x")
+    assert bytes(batch.view(1)) == b"def"
+    no_headroom = _fastpath.PacketBatch(slots=2, slot_size=8, headroom=0)
+    no_headroom.append(b"x")
+    assert frame_datagrams(no_headroom, [0], b"") == [b"x"]
+    with pytest.raises(ValueError):
+        frame_datagrams(no_headroom, [0], b"p")
+
+
+@given(
+    st.lists(st.binary(max_size=64), min_size=1, max_size=16),
+    st.binary(max_size=16),
+    st.data(),
+)
+def test_frame_datagrams_matches_concatenation(
+    packets: list[bytes], prefix: bytes, data: st.DataObject
+) -> None:
+    batch = _fastpath.PacketBatch(slots=16, slot_size=64, headroom=16)
+    for p in packets:
+        batch.append(p)
+    indices = data.draw(st.lists(st.integers(0, len(packets) - 1), max_size=20))
+    assert frame_datagrams(batch, indices, prefix) == [prefix + packets[i] for i in indices]
+    assert [bytes(batch.view(i)) for i in range(len(batch))] == packets
+
+
+def test_batch_packets() -> None:
+    batch = _fastpath.PacketBatch(slots=4, slot_size=16)
+    for p in (b"a", b"", b"ccc"):
+        batch.append(p)
+    assert batch_packets(batch) == [b"a", b"", b"ccc"]
+    assert batch_packets(batch, b"\x00\x01\x00") == [b"a", b"ccc"]
+    assert batch_packets(batch, bytearray(b"\x05\x00\x00\x09")) == [b"", b"ccc"]
+    assert batch_packets(_fastpath.PacketBatch(slots=1)) == []
+    with pytest.raises(ValueError):
+        batch_packets(batch, b"\x00")

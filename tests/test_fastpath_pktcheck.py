@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import _fastpath
+from _fastpath._core import UNROUTED, check_routed_batch
 from masque.capsule import AssignedAddress, IpAddressRange, sort_ranges
 from masque.errors import PacketError
 from masque.ippacket import decrement_ttl, internet_checksum, is_link_scoped, parse_ip_packet
@@ -483,3 +484,111 @@ def test_policy_is_a_snapshot() -> None:
     assert _fastpath.check_incoming(_fastpath.PacketPolicy(relay), packet) == (
         Verdict.DROP_SESSION_CLOSED
     )
+
+
+# ---------------------------------------------------------------------------
+# Routed batches: TUN -> client, one policy per packet chosen by session id
+
+
+def routed_policies() -> tuple[dict[int, ConnectIpSession], dict[int, _fastpath.PacketPolicy]]:
+    """Two relay sessions (the vpn and the scoped one) as sids 7 and 9."""
+    sessions = {7: vpn_pair()[1], 9: scoped_pair()[1]}
+    policies = {sid: _fastpath.PacketPolicy(s, outgoing=True) for sid, s in sessions.items()}
+    return sessions, policies
+
+
+def expected_routed(
+    sessions: dict[int, ConnectIpSession], packets: list[bytes], sids: list[int]
+) -> list[int]:
+    return [
+        sessions[sid].check_outgoing(p) if sid in sessions else UNROUTED
+        for p, sid in zip(packets, sids, strict=True)
+    ]
+
+
+def test_check_routed_batch_uses_each_packets_policy() -> None:
+    sessions, policies = routed_policies()
+    to_vpn = ipv4("8.8.8.8", "192.0.2.11")
+    to_scoped = ipv4("198.51.100.2", "192.0.2.3")
+    packets = [
+        to_vpn,
+        to_vpn,
+        to_scoped,
+        to_vpn,  # sid -1: no prefix covers it
+        to_scoped,  # sid 5: a session that is gone
+        b"",  # malformed, routed
+        to_vpn[:25],
+        ipv4("8.8.8.8", "192.0.2.99"),  # routed but not assigned: dropped by the policy
+        ipv6("2001:db8:3456::b", "2001:db8::1234:1234"),
+        to_scoped,
+    ]
+    sids = [7, 7, 9, -1, 5, 7, 9, 7, 9, 9]
+    batch = _fastpath.PacketBatch(slots=16)
+    for p in packets:
+        batch.append(p)
+    verdicts = check_routed_batch(batch, sids, policies)
+    expected = expected_routed(sessions, packets, sids)
+    assert list(verdicts) == expected
+    assert expected[0] == Verdict.ACCEPT and expected[2] == Verdict.ACCEPT
+    assert expected[5] == Verdict.DROP_MALFORMED and expected[3] == expected[4] == UNROUTED
+    assert verdicts[7] != Verdict.ACCEPT
+    for sid, policy in policies.items():
+        mine = [v for v, s in zip(expected, sids, strict=True) if s == sid]
+        assert policy.counters == tuple(Counter(mine)[v] for v in Verdict)
+    assert UNROUTED == 255
+    assert check_routed_batch(batch, [*sids, 7, 7], policies) == verdicts  # extra sids
+
+
+def test_check_routed_batch_with_prefix_table() -> None:
+    sessions, policies = routed_policies()
+    table = _fastpath.PrefixTable()
+    table.add("192.0.2.11/32", 7)
+    table.add("192.0.2.3/32", 9)
+    table.add("2001:db8::/64", 9)
+    table.add("192.0.2.128/25", 4)  # a prefix whose session has no policy
+    packets = [
+        ipv4("8.8.8.8", "192.0.2.11"),
+        ipv4("198.51.100.2", "192.0.2.3"),
+        ipv4("8.8.8.8", "192.0.2.200"),
+        ipv4("8.8.8.8", "203.0.113.1"),
+        ipv6("2001:db8:3456::b", "2001:db8::1234:1234"),
+        b"\x45\x00",
+    ]
+    batch = _fastpath.PacketBatch(slots=8)
+    for p in packets:
+        batch.append(p)
+    sids = table.lookup_batch(batch)
+    assert sids == [7, 9, 4, -1, 9, -1]
+    verdicts = check_routed_batch(batch, sids, policies)
+    assert list(verdicts) == expected_routed(sessions, packets, sids)
+    assert list(verdicts[:2]) == [Verdict.ACCEPT, Verdict.ACCEPT]
+    assert list(verdicts[2:4]) == [UNROUTED, UNROUTED]
+
+
+def test_check_routed_batch_errors() -> None:
+    _, policies = routed_policies()
+    batch = _fastpath.PacketBatch(slots=4)
+    assert check_routed_batch(batch, [], policies) == bytearray()
+    batch.append(GOOD_V4)
+    batch.append(GOOD_V4)
+    with pytest.raises(ValueError):
+        check_routed_batch(batch, [7], policies)
+    with pytest.raises(TypeError):
+        check_routed_batch(batch, [7, 7], {7: "not a policy"})  # type: ignore[dict-item]
+    assert check_routed_batch(batch, [7, 7], {}) == bytes([UNROUTED, UNROUTED])
+    assert sum(policies[7].counters) == 0
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(structured_packets(), st.sampled_from([-1, 7, 9, 3])), max_size=32))
+def test_generated_routed_batch_parity(items: list[tuple[bytes, int]]) -> None:
+    sessions, policies = routed_policies()
+    batch = _fastpath.PacketBatch(slots=32, slot_size=512)
+    for packet, _ in items:
+        batch.append(packet)
+    sids = [sid for _, sid in items]
+    verdicts = check_routed_batch(batch, sids, policies)
+    expected = expected_routed(sessions, [p for p, _ in items], sids)
+    assert list(verdicts) == expected
+    for sid, policy in policies.items():
+        assert sum(policy.counters) == sids.count(sid)

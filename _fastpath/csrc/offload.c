@@ -56,8 +56,8 @@ int masque_vnet_complete_csum(uint8_t *pkt, size_t len, const struct masque_vnet
     return 0;
 }
 
-int masque_gso_split(const uint8_t *in, size_t len, const struct masque_vnet_hdr *h, size_t mtu,
-                     uint8_t *out, size_t out_cap, uint16_t *seg_len, int max_segs)
+int masque_gso_plan_init(struct masque_gso_plan *p, const uint8_t *in, size_t len,
+                         const struct masque_vnet_hdr *h, size_t mtu)
 {
     if (len < 20)
         return -EINVAL;
@@ -106,56 +106,81 @@ int masque_gso_split(const uint8_t *in, size_t len, const struct masque_vnet_hdr
         seg = mtu - hlen;
 
     size_t payload = len - hlen;
-    size_t csum_at = l4 + (tcp ? 16 : 6);
-    uint32_t addr_sum = version == 4 ? masque_csum_partial(in + 12, 8, 0)
-                                     : masque_csum_partial(in + 8, 32, 0);
-    uint16_t ip_id = version == 4 ? rd16(in + 4) : 0;
-    uint32_t seq = tcp ? rd32(in + l4 + 4) : 0;
-    uint8_t flags = tcp ? in[l4 + 13] : 0;
+    if (hlen + (payload < seg ? payload : seg) > 0xffff)
+        return -ENOSPC;
+    p->len = len;
+    p->hlen = hlen;
+    p->l4 = l4;
+    p->ihl = ihl;
+    p->seg = seg;
+    p->payload = payload;
+    p->csum_at = l4 + (tcp ? 16 : 6);
+    p->addr_sum = version == 4 ? masque_csum_partial(in + 12, 8, 0) : masque_csum_partial(in + 8, 32, 0);
+    p->ip_id = version == 4 ? rd16(in + 4) : 0;
+    p->seq = tcp ? rd32(in + l4 + 4) : 0;
+    p->flags = tcp ? in[l4 + 13] : 0;
+    p->version = (uint8_t)version;
+    p->tcp = (uint8_t)tcp;
+    p->proto = proto;
+    p->nsegs = payload == 0 ? 1 : (int)((payload + seg - 1) / seg);
+    return p->nsegs;
+}
 
-    int n = 0;
+size_t masque_gso_plan_emit(const struct masque_gso_plan *p, const uint8_t *in, int k, uint8_t *out)
+{
+    size_t hlen = p->hlen, l4 = p->l4;
+    size_t done = (size_t)k * p->seg;
+    size_t dl = p->payload - done < p->seg ? p->payload - done : p->seg;
+    size_t total = hlen + dl;
+
+    memcpy(out, in, hlen);
+    memcpy(out + hlen, in + hlen + done, dl);
+    if (p->version == 4) {
+        wr16(out + 2, (uint16_t)total);
+        wr16(out + 4, (uint16_t)(p->ip_id + k));
+        out[10] = out[11] = 0;
+        wr16(out + 10, masque_csum(out, p->ihl, 0));
+    } else {
+        wr16(out + 4, (uint16_t)(total - 40));
+    }
+    if (p->tcp) {
+        uint8_t f = p->flags;
+        wr32(out + l4 + 4, p->seq + (uint32_t)done);
+        if (done + dl < p->payload)
+            f &= (uint8_t)~(TCP_FLAG_FIN | TCP_FLAG_PSH);
+        if (k > 0)
+            f &= (uint8_t)~TCP_FLAG_CWR;
+        out[l4 + 13] = f;
+    } else {
+        wr16(out + l4 + 4, (uint16_t)(total - l4));
+    }
+    out[p->csum_at] = out[p->csum_at + 1] = 0;
+    uint32_t pseudo = p->addr_sum + p->proto + (uint32_t)(total - l4);
+    uint16_t c = masque_csum(out + l4, total - l4, pseudo);
+    if (!p->tcp && c == 0)
+        c = 0xffff;
+    wr16(out + p->csum_at, c);
+    return total;
+}
+
+int masque_gso_split(const uint8_t *in, size_t len, const struct masque_vnet_hdr *h, size_t mtu,
+                     uint8_t *out, size_t out_cap, uint16_t *seg_len, int max_segs)
+{
+    struct masque_gso_plan p;
+    int n = masque_gso_plan_init(&p, in, len, h, mtu);
     size_t off = 0;
-    size_t done = 0;
-    do {
-        size_t dl = payload - done < seg ? payload - done : seg;
-        size_t total = hlen + dl;
-        if (n >= max_segs || off + total > out_cap || total > 0xffff)
+
+    if (n < 0)
+        return n;
+    if (n > max_segs)
+        return -ENOSPC;
+    for (int k = 0; k < n; k++) {
+        size_t total = masque_gso_plan_seg_len(&p, k);
+        if (off + total > out_cap)
             return -ENOSPC;
-        uint8_t *p = out + off;
-        memcpy(p, in, hlen);
-        memcpy(p + hlen, in + hlen + done, dl);
-
-        if (version == 4) {
-            wr16(p + 2, (uint16_t)total);
-            wr16(p + 4, (uint16_t)(ip_id + n));
-            p[10] = p[11] = 0;
-            wr16(p + 10, masque_csum(p, ihl, 0));
-        } else {
-            wr16(p + 4, (uint16_t)(total - 40));
-        }
-
-        if (tcp) {
-            uint8_t f = flags;
-            wr32(p + l4 + 4, seq + (uint32_t)done);
-            if (done + dl < payload)
-                f &= (uint8_t)~(TCP_FLAG_FIN | TCP_FLAG_PSH);
-            if (n > 0)
-                f &= (uint8_t)~TCP_FLAG_CWR;
-            p[l4 + 13] = f;
-        } else {
-            wr16(p + l4 + 4, (uint16_t)(total - l4));
-        }
-
-        p[csum_at] = p[csum_at + 1] = 0;
-        uint32_t pseudo = addr_sum + proto + (uint32_t)(total - l4);
-        uint16_t c = masque_csum(p + l4, total - l4, pseudo);
-        if (!tcp && c == 0)
-            c = 0xffff;
-        wr16(p + csum_at, c);
-
-        seg_len[n++] = (uint16_t)total;
+        masque_gso_plan_emit(&p, in, k, out + off);
+        seg_len[k] = (uint16_t)total;
         off += total;
-        done += dl;
-    } while (done < payload);
+    }
     return n;
 }

@@ -42,6 +42,46 @@ void masque_vnet_hdr_decode(const uint8_t *p, struct masque_vnet_hdr *h);
  * csum_start to the end and store the complement. 0 or -EINVAL. */
 int masque_vnet_complete_csum(uint8_t *pkt, size_t len, const struct masque_vnet_hdr *h);
 
+/* A GSO super-segment parsed once, its segments produced one at a time (into
+ * any buffer: TUN reads write them straight into PacketBatch slots, and keep
+ * the plan to resume where the batch filled up). Filled by masque_gso_plan_init. */
+struct masque_gso_plan {
+    size_t len;     /* bytes of the super-segment */
+    size_t hlen;    /* IP + transport header bytes copied in front of each segment */
+    size_t l4;      /* transport header offset */
+    size_t ihl;     /* IPv4 header length (40 for IPv6, unused) */
+    size_t seg;     /* payload bytes per segment (the last may carry less) */
+    size_t payload; /* payload bytes in total */
+    size_t csum_at; /* offset of the transport checksum */
+    uint32_t addr_sum;
+    uint32_t seq;
+    uint16_t ip_id;
+    uint8_t version;
+    uint8_t tcp;
+    uint8_t proto;
+    uint8_t flags;
+    int nsegs; /* segments the plan produces (>= 1) */
+};
+
+/* Check the super-segment `in` against `h` and plan its split (mtu as for
+ * masque_gso_split). Returns the number of segments, -EINVAL (malformed) or
+ * -EPROTONOSUPPORT (gso_type / IP version), -ENOSPC (a segment > 65535 bytes). */
+int masque_gso_plan_init(struct masque_gso_plan *p, const uint8_t *in, size_t len,
+                         const struct masque_vnet_hdr *h, size_t mtu);
+
+/* Length of segment k (0 <= k < nsegs) in bytes. */
+static inline size_t masque_gso_plan_seg_len(const struct masque_gso_plan *p, int k)
+{
+    size_t done = (size_t)k * p->seg;
+    size_t left = p->payload - done;
+    return p->hlen + (left < p->seg ? left : p->seg);
+}
+
+/* Write segment k of the plan (headers fixed, complete checksums) to `out`,
+ * which must hold masque_gso_plan_seg_len(p, k) bytes; returns that length.
+ * `in` is the super-segment the plan was made for (not modified). */
+size_t masque_gso_plan_emit(const struct masque_gso_plan *p, const uint8_t *in, int k, uint8_t *out);
+
 /* Split the super-segment `in` (IP header first, `len` bytes; described by `h`,
  * gso_type TCPV4, TCPV6 or UDP_L4) into packets written back to back into
  * `out` (capacity `out_cap`), their lengths into seg_len[0..max_segs).

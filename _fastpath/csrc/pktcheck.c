@@ -308,6 +308,20 @@ void masque_check_batch(masque_policy *p, const masque_batch *b, uint8_t *verdic
     }
 }
 
+void masque_check_routed_batch(masque_policy *const *policies, const masque_batch *b, uint8_t *verdicts)
+{
+    for (uint32_t i = 0; i < b->count; i++) {
+        masque_policy *p = policies[i];
+        if (p == NULL) {
+            verdicts[i] = MASQUE_VERDICT_UNROUTED;
+            continue;
+        }
+        int v = masque_check_packet(p, masque_batch_packet(b, i), b->lens[i]);
+        verdicts[i] = (uint8_t)v;
+        p->counters[v]++;
+    }
+}
+
 void masque_decrement_ttl_batch(masque_batch *b, const uint8_t *verdicts, uint8_t *ttls)
 {
     for (uint32_t i = 0; i < b->count; i++) {

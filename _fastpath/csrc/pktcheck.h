@@ -104,6 +104,11 @@ int masque_decrement_ttl(uint8_t *pkt, size_t len);
 int masque_check_packet(const masque_policy *p, const uint8_t *pkt, size_t len);
 /* Check packets 0..count-1 of a batch; verdicts[i] for each; counts them. */
 void masque_check_batch(masque_policy *p, const masque_batch *b, uint8_t *verdicts);
+/* Verdict byte of a packet no session routes (check_routed_batch). */
+#define MASQUE_VERDICT_UNROUTED 255
+/* Check packet i of a batch against policies[i] (counted there); verdicts[i]
+ * is MASQUE_VERDICT_UNROUTED where policies[i] is NULL. */
+void masque_check_routed_batch(masque_policy *const *policies, const masque_batch *b, uint8_t *verdicts);
 /* Decrement the TTL of each packet whose verdict is ACCEPT (all if verdicts
  * is NULL); ttls[i] = new TTL, 0 when not forwarded or not decremented. */
 void masque_decrement_ttl_batch(masque_batch *b, const uint8_t *verdicts, uint8_t *ttls);

@@ -33,7 +33,7 @@ static void queue_free(struct masque_tun_queue *q)
         close(q->fd);
     free(q->rbuf);
     free(q->sbuf);
-    free(q->seg_len);
+    masque_gro_free(&q->gro);
     memset(q, 0, sizeof(*q));
     q->fd = -1;
 }
@@ -57,9 +57,8 @@ static int queue_open(struct masque_tun_queue *q, char *name, short flags)
     snprintf(name, IFNAMSIZ, "%s", ifr.ifr_name); /* "%d" resolved */
     q->fd = fd;
     q->rbuf = malloc(MASQUE_TUN_READ_BUF);
-    q->sbuf = malloc(MASQUE_TUN_SPLIT_BUF);
-    q->seg_len = malloc(MASQUE_TUN_MAX_SEGS * sizeof(*q->seg_len));
-    if (!q->rbuf || !q->sbuf || !q->seg_len) {
+    q->sbuf = malloc(MASQUE_TUN_SEG_BUF);
+    if (!q->rbuf || !q->sbuf) {
         queue_free(q);
         return -ENOMEM;
     }
@@ -153,19 +152,48 @@ void masque_tun_close(struct masque_tun *t)
     t->nqueues = 0;
 }
 
+static inline void note_read(struct masque_tun *t, size_t flen)
+{
+    t->stats.reads++;
+    if (flen > t->stats.largest_read)
+        t->stats.largest_read = flen;
+}
+
+/* Plan the split of the GSO frame in q->rbuf: the number of segments now
+ * pending, or 0 (malformed, counted). */
+static int plan_split(struct masque_tun *t, struct masque_tun_queue *q, size_t flen,
+                      const struct masque_vnet_hdr *h, size_t mtu)
+{
+    int segs = masque_gso_plan_init(&q->plan, q->rbuf, flen, h, mtu);
+    if (segs <= 0) {
+        t->stats.errors++;
+        return 0;
+    }
+    t->stats.gso_frames++;
+    t->stats.segments_split += (uint64_t)segs;
+    q->pend_next = 0;
+    q->pend_segs = segs;
+    return segs;
+}
+
 int masque_tun_next(struct masque_tun *t, int qi, size_t mtu, const uint8_t **pkt, size_t *len)
 {
     struct masque_tun_queue *q = &t->q[qi];
 
-    if (q->next < q->nsegs) {
-        *pkt = q->sbuf + q->next_off;
-        *len = q->seg_len[q->next];
-        q->next_off += q->seg_len[q->next];
-        q->next++;
-        return 1;
-    }
     for (;;) {
-        ssize_t n = read(q->fd, q->rbuf, MASQUE_TUN_READ_BUF);
+        if (q->pend_next < q->pend_segs) {
+            *len = masque_gso_plan_emit(&q->plan, q->rbuf, q->pend_next++, q->sbuf);
+            *pkt = q->sbuf;
+            return 1;
+        }
+        /* with vnet_hdr the header goes aside: plans and segments refer to
+         * the frame at the front of rbuf */
+        uint8_t vh[MASQUE_VNET_HDR_LEN];
+        struct iovec iov[2] = {
+            {.iov_base = vh, .iov_len = sizeof(vh)},
+            {.iov_base = q->rbuf, .iov_len = MASQUE_TUN_READ_BUF - MASQUE_VNET_HDR_LEN},
+        };
+        ssize_t n = t->vnet_hdr ? readv(q->fd, iov, 2) : read(q->fd, q->rbuf, MASQUE_TUN_READ_BUF);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return 0;
@@ -173,69 +201,214 @@ int masque_tun_next(struct masque_tun *t, int qi, size_t mtu, const uint8_t **pk
                 continue;
             return -errno;
         }
-        t->stats.reads++;
         if (!t->vnet_hdr) {
+            note_read(t, (size_t)n);
             *pkt = q->rbuf;
             *len = (size_t)n;
             return 1;
         }
         if (n < MASQUE_VNET_HDR_LEN) {
+            t->stats.reads++;
             t->stats.errors++;
             continue;
         }
         struct masque_vnet_hdr h;
-        uint8_t *frame = q->rbuf + MASQUE_VNET_HDR_LEN;
         size_t flen = (size_t)n - MASQUE_VNET_HDR_LEN;
-        masque_vnet_hdr_decode(q->rbuf, &h);
+        masque_vnet_hdr_decode(vh, &h);
+        note_read(t, flen);
         if (h.gso_type == MASQUE_VNET_GSO_NONE) {
-            if ((h.flags & MASQUE_VNET_F_NEEDS_CSUM) && masque_vnet_complete_csum(frame, flen, &h) < 0) {
+            if ((h.flags & MASQUE_VNET_F_NEEDS_CSUM) && masque_vnet_complete_csum(q->rbuf, flen, &h) < 0) {
                 t->stats.errors++;
                 continue;
             }
-            *pkt = frame;
+            *pkt = q->rbuf;
             *len = flen;
             return 1;
         }
-        int segs = masque_gso_split(frame, flen, &h, mtu, q->sbuf, MASQUE_TUN_SPLIT_BUF, q->seg_len,
-                                    MASQUE_TUN_MAX_SEGS);
-        if (segs <= 0) {
+        plan_split(t, q, flen, &h, mtu); /* 0 segments: dropped, loop */
+    }
+}
+
+/* Move pending segments of q's plan into the batch while slots are left. */
+static int drain_pending(struct masque_tun *t, struct masque_tun_queue *q, masque_batch *b)
+{
+    int added = 0;
+    while (q->pend_next < q->pend_segs && b->count < b->slots) {
+        int k = q->pend_next++;
+        size_t sl = masque_gso_plan_seg_len(&q->plan, k);
+        if (sl > b->slot_size) {
+            t->stats.oversize++;
+            continue;
+        }
+        masque_gso_plan_emit(&q->plan, q->rbuf, k, masque_batch_packet(b, b->count));
+        b->lens[b->count++] = (uint32_t)sl;
+        added++;
+    }
+    return added;
+}
+
+int masque_tun_read_batch(struct masque_tun *t, int qi, masque_batch *b, size_t mtu)
+{
+    struct masque_tun_queue *q = &t->q[qi];
+    const size_t max_frame = MASQUE_TUN_READ_BUF - MASQUE_VNET_HDR_LEN;
+    size_t seg_mtu = mtu > 0 && mtu < b->slot_size ? mtu : b->slot_size;
+    int added = drain_pending(t, q, b);
+
+    while (b->count < b->slots) {
+        /* The frame lands in the slot; what does not fit spills into rbuf
+         * right where it would continue a copy of the slot, so a GSO frame is
+         * made contiguous in rbuf by copying just the slot's part. */
+        uint8_t vh[MASQUE_VNET_HDR_LEN];
+        uint8_t *slot = masque_batch_packet(b, b->count);
+        size_t in_slot = b->slot_size < max_frame ? b->slot_size : max_frame;
+        struct iovec iov[3];
+        int niov = 0;
+        if (t->vnet_hdr) {
+            iov[niov].iov_base = vh;
+            iov[niov++].iov_len = sizeof(vh);
+        }
+        iov[niov].iov_base = slot;
+        iov[niov++].iov_len = in_slot;
+        if (in_slot < max_frame) {
+            iov[niov].iov_base = q->rbuf + in_slot;
+            iov[niov++].iov_len = max_frame - in_slot;
+        }
+        ssize_t n = readv(q->fd, iov, niov);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            if (errno == EINTR)
+                continue;
+            if (added == 0)
+                return -errno;
+            break;
+        }
+        struct masque_vnet_hdr h = {0};
+        size_t flen = (size_t)n;
+        if (t->vnet_hdr) {
+            if (flen < MASQUE_VNET_HDR_LEN) {
+                t->stats.reads++;
+                t->stats.errors++;
+                continue;
+            }
+            flen -= MASQUE_VNET_HDR_LEN;
+            masque_vnet_hdr_decode(vh, &h);
+        }
+        note_read(t, flen);
+        if (h.gso_type != MASQUE_VNET_GSO_NONE) {
+            memcpy(q->rbuf, slot, flen < in_slot ? flen : in_slot);
+            if (plan_split(t, q, flen, &h, seg_mtu))
+                added += drain_pending(t, q, b);
+            continue;
+        }
+        if (flen > b->slot_size) {
+            t->stats.oversize++;
+            continue;
+        }
+        if ((h.flags & MASQUE_VNET_F_NEEDS_CSUM) && masque_vnet_complete_csum(slot, flen, &h) < 0) {
             t->stats.errors++;
             continue;
         }
-        t->stats.gso_frames++;
-        t->stats.segments_split += (uint64_t)segs;
-        q->nsegs = segs;
-        q->next = 1;
-        q->next_off = q->seg_len[0];
-        *pkt = q->sbuf;
-        *len = q->seg_len[0];
-        return 1;
+        b->lens[b->count++] = (uint32_t)flen;
+        added++;
     }
+    return added;
+}
+
+static int write_frame(struct masque_tun *t, struct masque_tun_queue *q, const struct iovec *iov, int n)
+{
+    ssize_t r;
+    do {
+        r = writev(q->fd, iov, n);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        int err = -errno;
+        if (err != -EAGAIN && err != -EWOULDBLOCK && err != -ENOBUFS) {
+            t->stats.errors++;
+            t->stats.write_errors++;
+        }
+        return err;
+    }
+    return 0;
 }
 
 int masque_tun_write(struct masque_tun *t, int qi, const uint8_t *pkt, size_t len)
 {
     static const uint8_t zero_hdr[MASQUE_VNET_HDR_LEN];
-    struct masque_tun_queue *q = &t->q[qi];
-    ssize_t n;
+    struct iovec iov[2] = {
+        {.iov_base = (void *)zero_hdr, .iov_len = sizeof(zero_hdr)},
+        {.iov_base = (void *)pkt, .iov_len = len},
+    };
+    int err = t->vnet_hdr ? write_frame(t, &t->q[qi], iov, 2) : write_frame(t, &t->q[qi], iov + 1, 1);
+    if (err == 0)
+        t->stats.writes++;
+    return err;
+}
 
-    do {
-        if (t->vnet_hdr) {
-            struct iovec iov[2] = {
-                {.iov_base = (void *)zero_hdr, .iov_len = sizeof(zero_hdr)},
-                {.iov_base = (void *)pkt, .iov_len = len},
-            };
-            n = writev(q->fd, iov, 2);
-        } else {
-            n = write(q->fd, pkt, len);
+static inline int backpressure(int err)
+{
+    return err == -EAGAIN || err == -EWOULDBLOCK || err == -ENOBUFS;
+}
+
+int masque_tun_write_batch(struct masque_tun *t, int qi, const masque_batch *b, const uint8_t *verdicts)
+{
+    struct masque_tun_queue *q = &t->q[qi];
+    int coalesce = t->vnet_hdr;
+    int written = 0, err;
+
+    if (masque_gro_reserve(&q->gro, b->count) < 0) {
+        /* no scratch: write one by one, in order */
+        for (uint32_t i = 0; i < b->count; i++) {
+            if ((verdicts && verdicts[i]) || b->lens[i] == 0)
+                continue;
+            err = masque_tun_write(t, qi, masque_batch_packet(b, i), b->lens[i]);
+            if (err == 0)
+                written++;
+            else if (backpressure(err))
+                break;
         }
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        int err = -errno;
-        if (err != -EAGAIN)
-            t->stats.errors++;
-        return err;
+        return written;
     }
-    t->stats.writes++;
-    return 0;
+    struct masque_gro *g = &q->gro;
+    masque_gro_plan(g, b, verdicts, coalesce);
+    for (uint32_t i = 0; i < b->count; i++) {
+        int32_t role = g->role[i];
+        if (role == MASQUE_GRO_SKIP)
+            continue;
+        if (role >= 0) {
+            const struct masque_gro_item *it = &g->items[role];
+            if (it->first != i)
+                continue; /* written with its bucket */
+            if (it->nsegs > 1) {
+                uint8_t hdrbuf[MASQUE_GRO_HDR_BUF];
+                struct iovec iov[MASQUE_GRO_MAX_SEGS + 1];
+                int n = masque_gro_frame(g, b, (uint32_t)role, hdrbuf, iov);
+                err = write_frame(t, q, iov, n);
+                if (err == 0) {
+                    written += (int)it->nsegs;
+                    t->stats.writes += it->nsegs;
+                    t->stats.gro_frames++;
+                    t->stats.segments_coalesced += it->nsegs;
+                    continue;
+                }
+                if (backpressure(err))
+                    return written;
+                /* refused: try its segments one by one */
+                for (int32_t j = (int32_t)i; j >= 0; j = g->next[j]) {
+                    err = masque_tun_write(t, qi, masque_batch_packet(b, (uint32_t)j), b->lens[j]);
+                    if (err == 0)
+                        written++;
+                    else if (backpressure(err))
+                        return written;
+                }
+                continue;
+            }
+        }
+        err = masque_tun_write(t, qi, masque_batch_packet(b, i), b->lens[i]);
+        if (err == 0)
+            written++;
+        else if (backpressure(err))
+            return written;
+    }
+    return written;
 }

@@ -1,6 +1,7 @@
 # C declarations of _fastpath/csrc, one block per header.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.stdint cimport int32_t, uint64_t
+from posix.uio cimport iovec
 
 
 cdef extern from "checksum.h" nogil:
@@ -63,6 +64,8 @@ cdef extern from "pktcheck.h" nogil:
     int masque_check_packet(const masque_policy *p, const uint8_t *pkt, size_t len)
     void masque_check_batch(masque_policy *p, const masque_batch *b, uint8_t *verdicts)
     void masque_decrement_ttl_batch(masque_batch *b, const uint8_t *verdicts, uint8_t *ttls)
+    enum: MASQUE_VERDICT_UNROUTED
+    void masque_check_routed_batch(masque_policy **policies, const masque_batch *b, uint8_t *verdicts)
 
 
 cdef extern from "lpm.h" nogil:
@@ -80,6 +83,8 @@ cdef extern from "offload.h" nogil:
     enum: MASQUE_VNET_HDR_LEN
     enum: MASQUE_VNET_F_NEEDS_CSUM
     enum: MASQUE_VNET_GSO_NONE
+    enum: MASQUE_VNET_GSO_TCPV4
+    enum: MASQUE_VNET_GSO_TCPV6
     cdef struct masque_vnet_hdr:
         uint8_t flags
         uint8_t gso_type
@@ -91,6 +96,27 @@ cdef extern from "offload.h" nogil:
     int masque_vnet_complete_csum(uint8_t *pkt, size_t len, const masque_vnet_hdr *h)
     int masque_gso_split(const uint8_t *inp, size_t len, const masque_vnet_hdr *h, size_t mtu,
                          uint8_t *out, size_t out_cap, uint16_t *seg_len, int max_segs)
+
+
+cdef extern from "gro.h" nogil:
+    enum: MASQUE_GRO_MAX_SEGS
+    enum: MASQUE_GRO_HDR_BUF
+    enum: MASQUE_GRO_SKIP
+    enum: MASQUE_GRO_ALONE
+    cdef struct masque_gro_item:
+        uint32_t first
+        uint32_t nsegs
+    cdef struct masque_gro:
+        uint32_t cap
+        int32_t *role
+        int32_t *next
+        masque_gro_item *items
+        uint32_t nitems
+    int masque_gro_reserve(masque_gro *g, uint32_t n)
+    void masque_gro_free(masque_gro *g)
+    void masque_gro_plan(masque_gro *g, const masque_batch *b, const uint8_t *verdicts, int coalesce)
+    int masque_gro_frame(const masque_gro *g, const masque_batch *b, uint32_t it, uint8_t *hdrbuf,
+                         iovec *iov)
 
 
 cdef extern from "tun.h" nogil:
@@ -105,6 +131,11 @@ cdef extern from "tun.h" nogil:
         uint64_t gso_frames
         uint64_t segments_split
         uint64_t errors
+        uint64_t largest_read
+        uint64_t oversize
+        uint64_t gro_frames
+        uint64_t segments_coalesced
+        uint64_t write_errors
     cdef struct masque_tun_queue:
         int fd
     cdef struct masque_tun:
@@ -119,6 +150,8 @@ cdef extern from "tun.h" nogil:
     void masque_tun_close(masque_tun *t)
     int masque_tun_next(masque_tun *t, int qi, size_t mtu, const uint8_t **pkt, size_t *len)
     int masque_tun_write(masque_tun *t, int qi, const uint8_t *pkt, size_t len)
+    int masque_tun_read_batch(masque_tun *t, int qi, masque_batch *b, size_t mtu)
+    int masque_tun_write_batch(masque_tun *t, int qi, const masque_batch *b, const uint8_t *verdicts)
 
 
 cdef extern from "udp.h" nogil:
