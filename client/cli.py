@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-fast-path",
         action="store_true",
-        help="pure-Python packet I/O (for comparison and debugging)",
+        help="pure-Python packet path instead of the compiled one (comparison, debugging)",
     )
     parser.add_argument("--log-level", default="info")
     return parser

@@ -47,7 +47,14 @@ from masque.request import build_connect_ip_headers
 from masque.session import ConnectIpSession, Role
 from masque.template import TARGET_ANY, TargetScope, UriTemplate
 from netio import aioquic_internals
-from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload, send_ip_packets
+from netio.compiled import fastpath
+from netio.h3 import (
+    ConnectIpH3Connection,
+    datagram_prefix,
+    max_http_datagram_payload,
+    send_framed_datagrams,
+    send_ip_packets,
+)
 from netio.tun import TunDevice
 from netio.udp import BatchedUdpEndpoint, as_socket_address, open_udp_socket
 
@@ -116,6 +123,13 @@ class ClientProtocol(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         # The endpoint calls transmit() once at the end of each receive batch.
         aioquic_internals.receive_without_transmit(self, data, addr)  # type: ignore[arg-type]
+
+    def end_of_batch(self) -> None:
+        """The endpoint's receive batch is over: write its packets, then transmit once."""
+        dataplane = self.handler.dataplane if self.handler is not None else None
+        if dataplane is not None:
+            dataplane.flush()
+        self.transmit()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
@@ -202,6 +216,17 @@ class _Attempt:
         use_datagrams = self.options.datagrams and self.protocol.h3.datagrams_negotiated
         return "datagram" if use_datagrams else "capsule"
 
+    def send_datagrams(self, payloads: list[bytes]) -> int:
+        """Send HTTP Datagram payloads framed with :attr:`datagram_prefix`; one transmit."""
+        if self.ended.is_set():
+            return 0
+        sent = send_framed_datagrams(
+            self.protocol._quic, payloads, queue_bound=self.options.send_queue_packets
+        )
+        if sent:
+            self.protocol.transmit()
+        return sent
+
     def send_packets(self, packets: list[bytes]) -> int:
         """Send a batch to the relay on this session's carrier; one transmit per batch."""
         if self.ended.is_set():
@@ -283,7 +308,7 @@ class ClientTunnel:
                 sock,
                 udp_batch_io(sock, fast=opts.fast_path),
                 protocol.datagram_received,
-                protocol.transmit,
+                protocol.end_of_batch,
             )
             stack.callback(endpoint.close)
             protocol.connection_made(endpoint)
@@ -331,8 +356,12 @@ class ClientTunnel:
             mtu = min(mtu, max_http_datagram_payload(quic, stream_id) - 1)
         if any(a.ip_prefix.version == 6 for a in attempt.session.local_addresses):
             mtu = max(mtu, 1280)  # RFC 9484 §7.2: an IPv6 tunnel offers at least 1280
-        tun = TunDevice.open(opts.tun_name, mtu=mtu)
+        compiled = opts.fast_path and fastpath() is not None
+        tun = TunDevice.open(opts.tun_name, mtu=mtu, compiled=compiled)
         stack.callback(tun.close)
+        if tun.compiled is not None:
+            # At teardown (before the close above): what the TUN did, offloads included.
+            stack.callback(lambda: _line(self.out, "tun-stats", **_tun_stats(tun)))
         tun.accept_local_source()  # our ICMP answers to local applications
         for assigned in attempt.session.local_addresses:
             tun.add_address(ipaddress.ip_interface(str(assigned.ip_prefix)))
@@ -347,6 +376,8 @@ class ClientTunnel:
             attempt.send_packets,
             max_packet=mtu,
             icmp_sources=[a.ip_prefix.network_address for a in attempt.session.local_addresses],
+            send_datagrams=attempt.send_datagrams if attempt.carrier == "datagram" else None,
+            datagram_prefix=datagram_prefix(stream_id),
         )
         attempt.dataplane = dataplane
         dataplane.from_relay(attempt.early_packets)
@@ -367,6 +398,8 @@ class ClientTunnel:
             v4=v4[0] if v4 else "-",
             v6=v6[0] if v6 else "-",
             routes=installed,
+            dataplane=dataplane.implementation,
+            tun_io=tun.mode,
         )
 
         ended = asyncio.ensure_future(attempt.ended.wait())
@@ -394,6 +427,11 @@ class ClientTunnel:
         else:
             routes.add_routes([ipaddress.ip_network(p.strip()) for p in mode.split(",")])
         return len(routes.routes)
+
+
+def _tun_stats(tun: TunDevice) -> dict[str, object]:
+    compiled = tun.compiled
+    return dict(compiled.stats) if compiled is not None and not compiled.closed else {}
 
 
 def _ranges_to_prefixes(ranges: tuple[IpAddressRange, ...]) -> list[IPNetwork]:

@@ -286,6 +286,10 @@ class ConnectIpSession:
         self._max_address_requests = max_address_requests
         self._state = _State.OPEN
         self._abort_event: SessionAborted | None = None
+        #: Bumped whenever anything the packet checks read changes (addresses,
+        #: routes, state): compiled snapshots of the policy compare it to know
+        #: when to rebuild.
+        self.policy_revision = 0
 
         # Addresses the peer assigned to us / we assigned to the peer (refusals left out).
         self._local_addresses: tuple[AssignedAddress, ...] = ()
@@ -411,6 +415,7 @@ class ConnectIpSession:
                 events.append(self._abort(error))
                 return events
             self._state = _State.ENDED
+        self.policy_revision += 1
         return events
 
     def receive_datagram(self, payload: bytes | bytearray | memoryview) -> memoryview | None:
@@ -440,6 +445,7 @@ class ConnectIpSession:
         event = SessionAborted(reason=str(error), rule=error.rule)
         self._state = _State.ABORTED
         self._abort_event = event
+        self.policy_revision += 1
         return event
 
     def _handle(self, capsule: ParsedCapsule) -> Event | None:
@@ -491,6 +497,7 @@ class ConnectIpSession:
                 answered.append(entry)
         self._local_addresses = tuple(usable)
         self._local_address_set = _AddressSet(a.ip_prefix for a in usable)
+        self.policy_revision += 1
         return AddressesAssigned(self._local_addresses, tuple(answered), tuple(refused))
 
     def _on_address_request(self, capsule: AddressRequest) -> AddressRequested:
@@ -514,6 +521,7 @@ class ConnectIpSession:
     def _on_route_advertisement(self, capsule: RouteAdvertisement) -> RoutesAdvertised:
         self._peer_routes = capsule.ranges
         self._peer_route_table = _RouteTable(capsule.ranges)
+        self.policy_revision += 1
         return RoutesAdvertised(capsule.ranges)
 
     # -- output -------------------------------------------------------------------
@@ -543,6 +551,7 @@ class ConnectIpSession:
         usable = tuple(e for e in entries if not e.is_rejection)
         self._peer_addresses = usable
         self._peer_address_set = _AddressSet(e.ip_prefix for e in usable)
+        self.policy_revision += 1
         for entry in entries:
             self._unanswered_peer_requests.pop(entry.request_id, None)
         return wire
@@ -580,6 +589,7 @@ class ConnectIpSession:
         wire = encode_capsule(RouteAdvertisement(entries))
         self._local_routes = entries
         self._local_route_table = _RouteTable(entries)
+        self.policy_revision += 1
         return wire
 
     def send_datagram_capsule(self, packet: bytes | bytearray | memoryview) -> bytes:

@@ -10,7 +10,15 @@ Offloads: without ``IFF_VNET_HDR`` the reader cannot learn that a packet still
 needs its checksum finished or is a GSO super-packet, so the device must not
 claim any offload. A *persistent* TUN keeps the offloads a previous owner
 enabled, hence :meth:`open` always calls ``TUNSETOFFLOAD(0)``. (The compiled
-fast path opens its own vnet_hdr queues; this class is the plain-Python one.)
+fast path's :class:`_fastpath.Tun` does ask for them: see ``compiled`` below.)
+
+Compiled I/O: ``open(..., compiled=True)`` opens the device through
+``_fastpath.Tun`` with ``IFF_VNET_HDR`` and TSO/USO offloads (probed, with a
+quiet fallback to plain): one read may then return a 64 KB super-segment that C
+splits to the MTU, and writes may coalesce TCP segments (GRO). The netlink
+configuration below is the same either way; :attr:`compiled` exposes the C
+object for batch I/O into a ``PacketBatch``, :attr:`mode` says what was
+negotiated.
 
 Lifetime: a device created by :meth:`open` exists as long as its file
 descriptor, so :meth:`close` (or the process dying) removes it together with its
@@ -31,6 +39,10 @@ import os
 import struct
 from collections.abc import Iterable
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _fastpath import Tun as CompiledTun
 
 from netio.netlink import IPInterface, IPNetwork, Netlink, Route
 from netio.sysctl import read_sysctl, write_sysctl
@@ -64,9 +76,19 @@ class TunDevice:
     Not thread-safe: one owner reads and writes.
     """
 
-    def __init__(self, fd: int, name: str, index: int, mtu: int, *, created: bool) -> None:
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        index: int,
+        mtu: int,
+        *,
+        created: bool,
+        compiled: CompiledTun | None = None,
+    ) -> None:
         """Wrap an already configured fd; use :meth:`open` instead."""
         self._fd = fd
+        self._compiled = compiled  # owns ``fd`` when set
         self._name = name
         self._index = index
         self._mtu = mtu
@@ -79,25 +101,39 @@ class TunDevice:
         """Packets :meth:`write_batch` could not write (and dropped) since open."""
 
     @classmethod
-    def open(cls, name: str = "mqtun%d", *, mtu: int, up: bool = True) -> TunDevice:
+    def open(
+        cls, name: str = "mqtun%d", *, mtu: int, up: bool = True, compiled: bool = False
+    ) -> TunDevice:
         """Open (creating if needed) TUN interface ``name`` and set its MTU.
 
         ``name`` may be a kernel template such as ``"tun%d"``; :attr:`name` holds the
         result. IPv6 duplicate address detection is switched off on the device (a
         point-to-point tunnel has no neighbours to collide with), offloads are
         switched off (see the module docstring) and the interface is brought up
-        unless ``up`` is False. Raises OSError (EPERM without CAP_NET_ADMIN, EBUSY
-        if another process holds a single-queue device of that name).
+        unless ``up`` is False. ``compiled``: open through ``_fastpath.Tun`` with
+        vnet_hdr offloads (ImportError when the extension is missing). Raises
+        OSError (EPERM without CAP_NET_ADMIN, EBUSY if another process holds a
+        single-queue device of that name).
         """
         encoded = name.encode()
         if not encoded or len(encoded) >= IFNAMSIZ or "/" in name or name.strip() != name:
             raise ValueError(f"invalid interface name: {name!r}")
         _check_mtu(mtu)
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        compiled_tun: CompiledTun | None = None
+        if compiled:
+            from _fastpath import Tun
+
+            compiled_tun = Tun(name, vnet_hdr=True)
+            fd = compiled_tun.fileno()
+        else:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            result = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(encoded, IFF_TUN | IFF_NO_PI))
-            actual = _IFREQ.unpack(result)[0].rstrip(b"\0").decode()
-            fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+            if compiled_tun is not None:
+                actual = compiled_tun.name
+            else:
+                result = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(encoded, IFF_TUN | IFF_NO_PI))
+                actual = _IFREQ.unpack(result)[0].rstrip(b"\0").decode()
+                fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
             flags = _IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, _IFREQ.pack(b"", 0)))[1]
             created = not flags & IFF_PERSIST
             _disable_dad(actual)
@@ -105,16 +141,20 @@ class TunDevice:
                 index = nl.link_index(actual)
                 nl.set_link(index, mtu=mtu, up=up or None)
         except BaseException:
-            os.close(fd)
+            if compiled_tun is not None:
+                compiled_tun.close()
+            else:
+                os.close(fd)
             raise
         _log.info(
-            "TUN %s (index %d) open, MTU %d%s",
+            "TUN %s (index %d) open, MTU %d, I/O %s%s",
             actual,
             index,
             mtu,
+            compiled_tun.mode if compiled_tun is not None else "python",
             "" if created else ", persistent device attached",
         )
-        return cls(fd, actual, index, mtu, created=created)
+        return cls(fd, actual, index, mtu, created=created, compiled=compiled_tun)
 
     # -- identity ---------------------------------------------------------------
 
@@ -137,6 +177,16 @@ class TunDevice:
     def closed(self) -> bool:
         return self._fd < 0
 
+    @property
+    def compiled(self) -> CompiledTun | None:
+        """The ``_fastpath.Tun`` doing this device's I/O, or None (Python I/O)."""
+        return self._compiled
+
+    @property
+    def mode(self) -> str:
+        """``"python"``, or the compiled device's negotiated mode (e.g. ``vnet_hdr+tso4...``)."""
+        return self._compiled.mode if self._compiled is not None else "python"
+
     def fileno(self) -> int:
         """The non-blocking TUN file descriptor (for ``add_reader``/``select``)."""
         if self._fd < 0:
@@ -152,6 +202,8 @@ class TunDevice:
         than "would block" (e.g. EBADFD once the device has been removed).
         """
         fd = self.fileno()
+        if self._compiled is not None:
+            return self._compiled.read_packets(max_packets, self._mtu)
         view = self._view
         packets: list[bytes] = []
         for _ in range(max_packets):
@@ -170,6 +222,11 @@ class TunDevice:
         batch is still written.
         """
         fd = self.fileno()
+        if self._compiled is not None:
+            batch = list(packets)
+            written = self._compiled.write_packets(batch)
+            self.write_drops += len(batch) - written
+            return written
         written = 0
         for packet in packets:
             try:
@@ -260,7 +317,10 @@ class TunDevice:
                 self._unconfigure()
         finally:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            if self._compiled is not None:
+                self._compiled.close()
+            else:
+                os.close(fd)
             self._routes.clear()
             self._addresses.clear()
             _log.info("TUN %s closed", self._name)

@@ -46,7 +46,14 @@ from masque.request import build_connect_ip_response_headers, validate_connect_i
 from masque.session import ConnectIpSession, Role, Scope
 from masque.template import TargetAny, TargetHostname, TargetPrefix, UriTemplate
 from netio import aioquic_internals
-from netio.h3 import ConnectIpH3Connection, max_http_datagram_payload, send_ip_packets
+from netio.compiled import fastpath
+from netio.h3 import (
+    ConnectIpH3Connection,
+    datagram_prefix,
+    max_http_datagram_payload,
+    send_framed_datagrams,
+    send_ip_packets,
+)
 from netio.tun import TunDevice
 from netio.udp import BatchedUdpEndpoint, open_udp_socket
 from relay.auth import (
@@ -267,7 +274,7 @@ class RelayServer:
         self.authenticator = Authenticator.from_config(cfg.auth)
 
         mtu = self.tun_mtu or cfg.tun.mtu
-        self.tun = TunDevice.open(cfg.tun.name, mtu=mtu)
+        self.tun = TunDevice.open(cfg.tun.name, mtu=mtu, compiled=self._compiled_tun())
         self.tun.accept_local_source()  # ICMP errors we write come from our gateway address
         gateways = [g for g in (self.pool.gateway_v4, self.pool.gateway_v6) if g is not None]
         for gateway in gateways:
@@ -363,7 +370,13 @@ class RelayServer:
         """Have ``protocol`` transmit at the end of the current receive batch."""
         self._dirty.add(protocol)
 
+    def _compiled_tun(self) -> bool:
+        """Open the TUN through the compiled fast path? (Config switch, and a build with it.)"""
+        return self.config.dataplane.fast_path and fastpath() is not None
+
     def _transmit_dirty(self) -> None:
+        # The batch's client packets first: their ICMP answers join this transmit.
+        self.dataplane.flush()
         dirty, self._dirty = self._dirty, set()
         for protocol in dirty:
             protocol.transmit()
@@ -504,6 +517,8 @@ class RelayServer:
             connect_ip=connect_ip,
             assignment=assignment,
             send_packets=self._sender(protocol),
+            send_datagrams=self._datagram_sender(protocol),
+            datagram_prefix=datagram_prefix(stream_id),
             close=lambda s, reason: self.end_session(s, reason),
             max_packet=max_packet,
             connection=protocol,
@@ -687,6 +702,26 @@ class RelayServer:
 
         return send_packets
 
+    def _datagram_sender(
+        self, protocol: RelayProtocol
+    ) -> Callable[[RelaySession, list[bytes]], int]:
+        """Sends HTTP Datagram payloads the compiled path framed in headroom."""
+        bound = self.config.carrier.send_queue_packets
+
+        def send_datagrams(session: RelaySession, payloads: list[bytes]) -> int:
+            if protocol.h3 is None or session not in self.sessions:
+                return 0
+            sent = send_framed_datagrams(protocol._quic, payloads, queue_bound=bound)
+            if sent:
+                session.tx_packets += sent
+                framing = len(session.datagram_prefix)
+                session.tx_bytes += sum(len(p) - framing for p in payloads[:sent])
+                session.last_activity = time.monotonic()
+                protocol.transmit()
+            return sent
+
+        return send_datagrams
+
     def _reset(self, session: RelaySession) -> None:
         protocol: RelayProtocol = session.connection
         quic = protocol._quic
@@ -701,6 +736,9 @@ class RelayServer:
         """Release everything a session holds; idempotent."""
         if session not in self.sessions:
             return
+        # Packets the session sent before it ended still go out, in order.
+        self.dataplane.flush()
+        self.dataplane.forget(session)
         self.sessions.remove(session)
         self.pool.release(session.id)
         protocol: RelayProtocol = session.connection

@@ -1,7 +1,9 @@
 """The relay's live CONNECT-IP sessions and the address -> session lookup.
 
 One :class:`SessionTable` per relay process owns every session; packets read
-from the TUN are routed by destination address through it.
+from the TUN are routed by destination address through it: one at a time in
+Python (:meth:`SessionTable.lookup`), or a whole batch at once through the
+compiled longest-prefix-match table (:meth:`SessionTable.lookup_batch`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from masque.session import ConnectIpSession
+from netio.compiled import fastpath
 from relay.ipam import Assignment
 from relay.ratelimit import TokenBucket
 
+if TYPE_CHECKING:
+    from _fastpath import PacketBatch
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Carrier(enum.StrEnum):
@@ -52,6 +59,11 @@ class RelaySession:
     #: Keys of this session in the table's indexes (kept so removal is cheap).
     indexed_hosts: list[IPAddress] = field(default_factory=list)
     indexed_prefixes: bool = False
+    indexed_networks: list[IPNetwork] = field(default_factory=list)
+    #: Datagram carrier: HTTP Datagram payloads already framed with ``datagram_prefix``.
+    send_datagrams: Callable[[RelaySession, list[bytes]], int] | None = None
+    #: Quarter stream ID and context ID 0: the framing in front of each packet.
+    datagram_prefix: bytes = b""
     #: Largest IP packet that fits one unit of this session's carrier (tunnel MTU).
     max_packet: int = 1280
     started: float = field(default_factory=time.monotonic)
@@ -74,6 +86,9 @@ class SessionTable:
             tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, RelaySession]
         ] = []
         self._next_id = 1
+        # The compiled mirror of both indexes, for the batch path (None: no extension).
+        module = fastpath()
+        self._prefix_table = module.PrefixTable() if module is not None else None
 
     def next_id(self) -> int:
         value = self._next_id
@@ -85,6 +100,9 @@ class SessionTable:
 
     def __iter__(self) -> Iterator[RelaySession]:
         return iter(list(self._by_id.values()))
+
+    def get(self, session_id: int) -> RelaySession | None:
+        return self._by_id.get(session_id)
 
     def __contains__(self, session: object) -> bool:
         return isinstance(session, RelaySession) and self._by_id.get(session.id) is session
@@ -112,7 +130,17 @@ class SessionTable:
                 return candidate
         return None
 
+    def lookup_batch(self, batch: PacketBatch) -> list[int]:
+        """Session id for each packet's destination in ``batch`` (-1: none), in C."""
+        assert self._prefix_table is not None, "lookup_batch needs the compiled fast path"
+        sids: list[int] = self._prefix_table.lookup_batch(batch)
+        return sids
+
     def _index(self, session: RelaySession) -> None:
+        if self._prefix_table is not None:
+            for prefix in session.assignment:
+                self._prefix_table.add(prefix, session.id)
+                session.indexed_networks.append(prefix)
         for prefix in session.assignment:
             if prefix.prefixlen == prefix.max_prefixlen:
                 self._by_host[prefix.network_address] = session
@@ -125,6 +153,10 @@ class SessionTable:
 
     def _unindex(self, session: RelaySession) -> None:
         # Only this session's own keys: ending a session costs O(its addresses).
+        if self._prefix_table is not None:
+            for network in session.indexed_networks:
+                self._prefix_table.remove(network)
+            session.indexed_networks.clear()
         for address in session.indexed_hosts:
             if self._by_host.get(address) is session:
                 del self._by_host[address]

@@ -67,9 +67,13 @@ HEADERS = {4: 28, 6: 48}  # IP + ICMP echo / UDP header bytes in front of a payl
 # -- fixtures and helpers ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunnelBed]:
-    with TunnelBed(tmp_path_factory.mktemp("tunnel")) as bed:
+@pytest.fixture(scope="module", params=["fast-path", "no-fast-path"])
+def tb(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TunnelBed]:
+    """The test bed; every test here runs with the compiled data path and again without."""
+    fast = request.param == "fast-path"
+    with TunnelBed(tmp_path_factory.mktemp("tunnel"), fast_path=fast) as bed:
         yield bed
 
 

@@ -22,9 +22,10 @@ def _write_pki(directory: Path) -> tuple[Path, Path, Path]:
     return pki.pem_file(directory / "ca.pem"), cert, key
 
 
-@pytest.fixture
-def tb() -> Iterator[TunnelBed]:
-    with TunnelBed() as bed:
+@pytest.fixture(params=["fast-path", "no-fast-path"])
+def tb(request: pytest.FixtureRequest) -> Iterator[TunnelBed]:
+    """Each test runs with the compiled data path and again without."""
+    with TunnelBed(fast_path=request.param == "fast-path") as bed:
         yield bed
 
 

@@ -988,8 +988,11 @@ class TunnelBed:
     relay_command: list[str]
     client_command: list[str]
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, *, fast_path: bool = True) -> None:
         self._workdir_arg = workdir
+        #: False: every relay and client started here gets ``--no-fast-path`` (the
+        #: pure-Python data path), so one test body covers both implementations.
+        self.fast_path = fast_path
         self._stack = contextlib.ExitStack()
         self._processes: list[EventProcess] = []
         self._captures: list[Capture] = []
@@ -1186,6 +1189,8 @@ class TunnelBed:
             argv += ["--metrics", metrics_address]
         if "--no-nat" not in args and "--egress" not in args:
             argv += ["--egress", self.bed.relay_target_link.ifname]
+        if not self.fast_path:
+            argv.append("--no-fast-path")
         argv += args
         relay = RelayProcess(
             self.bed, argv, state_dir=state_dir, token=token, metrics_address=metrics_address
@@ -1230,6 +1235,8 @@ class TunnelBed:
             argv += ["--token", use_token]
         if pin and relay is not None:
             argv += ["--pin-sha256", relay.fingerprint]
+        if not self.fast_path:
+            argv.append("--no-fast-path")
         argv += args
         client = ClientProcess(self.bed, netns, argv)
         self._track(client)
