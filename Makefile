@@ -13,7 +13,7 @@ APT_PACKAGES := clang llvm libbpf-dev libxdp-dev xdp-tools bpftool libssl-dev \
                 iproute2 nftables iperf3 iputils-ping tcpdump procps \
                 gcc make python3 python3-venv python3-dev
 
-.PHONY: all deps apt venv build bpf test demo bench bench-smoke lint asan clean distclean
+.PHONY: all deps apt venv build bpf test demo bench bench-smoke bench-micro lint asan clean distclean
 
 all: build bpf
 
@@ -55,6 +55,9 @@ bench: deps
 
 bench-smoke: deps
 	$(PY) -m bench --smoke
+
+bench-micro: deps
+	$(PY) -m bench.micro
 
 lint: venv
 	$(PY) -m ruff check .

@@ -1,0 +1,7 @@
+"""``python -m bench.micro``: see :mod:`bench.micro.report`."""
+
+import sys
+
+from bench.micro.report import main
+
+sys.exit(main())
