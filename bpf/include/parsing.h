@@ -26,6 +26,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -226,6 +227,35 @@ static __always_inline int skip_ipv6_exthdrs(struct masque_cursor *c, __u8 nexth
 		}
 	}
 	return nexthdr;
+}
+
+/* IPv4 "more fragments" flag and fragment offset mask (network order on the wire). */
+#define MASQUE_IP_MF 0x2000
+#define MASQUE_IP_OFFSET 0x1fff
+
+/*
+ * Whether an IPv4 header belongs to a fragment, first or later: MF set or a
+ * non-zero offset. Only a non-fragment carries a whole UDP datagram.
+ */
+static __always_inline int ipv4_is_fragment(const struct iphdr *iph)
+{
+	return (iph->frag_off & bpf_htons(MASQUE_IP_MF | MASQUE_IP_OFFSET)) != 0;
+}
+
+/*
+ * UDP header. Returns 0, or -1 if the header is truncated. The length field
+ * is not checked: callers compare it with what the IP header says and what
+ * the frame holds.
+ */
+static __always_inline int parse_udphdr(struct masque_cursor *c, struct udphdr **udphp)
+{
+	struct udphdr *udph = CURSOR_PULL(c, struct udphdr);
+
+	if (!udph)
+		return -1;
+	if (udphp)
+		*udphp = udph;
+	return 0;
 }
 
 #endif /* MASQUE_PARSING_H */
