@@ -19,6 +19,7 @@ extension = Extension(
     sources=["_fastpath/_core.pyx", *sorted(glob.glob("_fastpath/csrc/*.c"))],
     include_dirs=["_fastpath/csrc", "bpf/include"],
     extra_compile_args=["-O2", "-std=gnu11", *WARNING_FLAGS],
+    libraries=["crypto"],  # OpenSSL libcrypto (EVP) for the QUIC datagram lane
     depends=[*glob.glob("_fastpath/*.pxi"), *glob.glob("_fastpath/csrc/*.h")],
 )
 

@@ -222,3 +222,90 @@ class UdpSocket:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+# -- lane.pxi ------------------------------------------------------------------
+
+#: masque_quic_status code -> name; 0 "ok" and 1 "other-frames" mean authenticated.
+QUIC_STATUS: dict[int, str]
+
+# (largest_acknowledged, ack_delay, ranges as descending half-open (start, stop),
+#  (ect0, ect1, ce) of an ACK_ECN frame or None)
+_QuicAck = tuple[int, int, tuple[tuple[int, int], ...], tuple[int, int, int] | None]
+
+class QuicKeys:
+    """One direction's 1-RTT keys (from aioquic's ``derive_key_iv_hp``): cipher suite
+    0x1301/0x1302/0x1303, AEAD key, 12-byte IV, header-protection key, key phase."""
+
+    def __init__(
+        self, cipher_suite: int, key: Buffer, iv: Buffer, hp: Buffer, key_phase: int = 0
+    ) -> None: ...
+    @property
+    def cipher_suite(self) -> int: ...
+    @property
+    def key_phase(self) -> int: ...
+
+def quic_decode_pn(largest_pn: int, truncated: int, pn_len: int) -> int:
+    """RFC 9000 A.3 packet number recovery (largest_pn -1: none received)."""
+
+def quic_pn_length(pn: int, largest_acked: int) -> int:
+    """RFC 9000 A.2 packet number length, 1..4 (largest_acked -1: none)."""
+
+def quic_unprotect(
+    keys: QuicKeys, datagram: Buffer, dcid_len: int, largest_pn: int
+) -> tuple[int, int, bytes] | None:
+    """(packet_number, key_phase, plaintext) of one short-header packet, or None."""
+
+def quic_protect(
+    keys: QuicKeys,
+    dcid: Buffer,
+    pn: int,
+    largest_acked: int,
+    plaintext: Buffer,
+    *,
+    pn_len: int = 0,
+) -> bytes:
+    """One protected short-header packet carrying ``plaintext`` frames."""
+
+def parse_lane_frames(
+    plaintext: Buffer, max_datagram_frame_size: int | None = None
+) -> tuple[bool, bool, list[bytes], _QuicAck | None]:
+    """(lane_only, ack_eliciting, datagram payloads, ack); ValueError(status name)."""
+
+def build_lane_frames(
+    payloads: Iterable[Buffer],
+    room: int,
+    *,
+    ack_ranges: Iterable[tuple[int, int] | range] | None = None,
+    ack_delay: int = 0,
+    ecn: tuple[int, int, int] | None = None,
+) -> tuple[bytes, int]:
+    """(frames, payloads packed): optional ACK, then DATAGRAM frames within ``room``."""
+
+def quic_unprotect_batch(
+    keys: QuicKeys, batch: PacketBatch, dcid_len: int, largest_pn: int
+) -> list[tuple[int, int, int, int]]:
+    """In place: (status, packet_number, plaintext offset, length) per packet."""
+
+def quic_receive_lane_batch(
+    keys: QuicKeys,
+    batch: PacketBatch,
+    dcid_len: int,
+    largest_pn: int,
+    max_datagram_frame_size: int | None = None,
+) -> list[tuple[int, int, bool, list[tuple[int, int]], _QuicAck | None]]:
+    """In place + frame walk: (status, pn, ack_eliciting, datagram (offset, length), ack);
+    packets that are not lane-only are restored to their wire bytes."""
+
+def quic_protect_batch(
+    keys: QuicKeys,
+    batch: PacketBatch,
+    dcid: Buffer,
+    pn: int,
+    largest_acked: int,
+    *,
+    datagram: bool = False,
+    ack_ranges: Iterable[tuple[int, int] | range] | None = None,
+    ack_delay: int = 0,
+    ecn: tuple[int, int, int] | None = None,
+) -> int:
+    """Protect slots in place (packet numbers pn, pn+1, ...); packets protected."""
