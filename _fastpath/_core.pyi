@@ -304,8 +304,33 @@ def quic_protect_batch(
     largest_acked: int,
     *,
     datagram: bool = False,
+    payload_prefix: bytes = b"",
     ack_ranges: Iterable[tuple[int, int] | range] | None = None,
     ack_delay: int = 0,
     ecn: tuple[int, int, int] | None = None,
 ) -> int:
     """Protect slots in place (packet numbers pn, pn+1, ...); packets protected."""
+
+#: Largest UDP payload quic_lane_receive takes (larger ones go to aioquic).
+LANE_MAX_DATAGRAM: int
+
+def quic_lane_receive(
+    keys: QuicKeys,
+    datagram: Buffer,
+    dcid_len: int,
+    largest_pn: int,
+    max_datagram_frame_size: int | None,
+    out: PacketBatch,
+    prefix: Buffer,
+) -> (
+    tuple[
+        int,
+        bool,
+        tuple[int, int, tuple[tuple[int, int], ...], tuple[int, int, int] | None] | None,
+        list[bytes],
+    ]
+    | None
+):
+    """Unprotect one UDP payload (a copy) and append the DATAGRAM payloads that start
+    with ``prefix`` to ``out`` without it; None: aioquic must have the packet.
+    ``(packet_number, ack_eliciting, ack, other_payloads)`` otherwise."""

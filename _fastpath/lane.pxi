@@ -394,12 +394,14 @@ def quic_receive_lane_batch(QuicKeys keys not None, PacketBatch batch not None,
 
 def quic_protect_batch(QuicKeys keys not None, PacketBatch batch not None,
                        const uint8_t[::1] dcid not None, uint64_t pn, int64_t largest_acked, *,
-                       bint datagram=False, ack_ranges=None, ack_delay=0, ecn=None):
+                       bint datagram=False, bytes payload_prefix=b"", ack_ranges=None,
+                       ack_delay=0, ecn=None):
     """Protect packets ``0 .. count-1`` of ``batch`` in place, in one C call.
 
     Packet ``i`` gets packet number ``pn + i``. Each slot holds plaintext
-    frames, or with ``datagram=True`` one DATAGRAM payload (the frame type is
-    written into the headroom). ``ack_ranges``/``ack_delay``/``ecn`` (as for
+    frames, or with ``datagram=True`` one DATAGRAM payload (the frame type,
+    followed by ``payload_prefix`` — e.g. an HTTP Datagram's quarter stream ID
+    and context ID — is written into the headroom). ``ack_ranges``/``ack_delay``/``ecn`` (as for
     :func:`build_lane_frames`) put an ACK frame in front of packet 0's frames.
     The packet is built in the headroom (it needs 1 + len(dcid) + 4 + 3 bytes,
     plus the ACK frame) and moved to the slot's start; the slot must have 16
@@ -408,7 +410,9 @@ def quic_protect_batch(QuicKeys keys not None, PacketBatch batch not None,
     """
     if dcid.shape[0] > MASQUE_QUIC_MAX_CID_LEN:
         raise ValueError(f"a connection ID has 0..20 bytes, not {dcid.shape[0]}")
-    cdef bytes prefix = b"\x30" if datagram else b""
+    if payload_prefix and not datagram:
+        raise ValueError("payload_prefix needs datagram=True")
+    cdef bytes prefix = b"\x30" + payload_prefix if datagram else b""
     cdef bytes first = prefix
     if ack_ranges is not None:
         first = _quic_ack_frame(ack_ranges, ack_delay, ecn) + prefix
@@ -417,3 +421,61 @@ def quic_protect_batch(QuicKeys keys not None, PacketBatch batch not None,
     return masque_quic_protect_batch(&keys.k, &batch.b, _quic_ptr(dcid), <size_t>dcid.shape[0],
                                      pn, largest_acked, <const uint8_t *>first, len(first),
                                      <const uint8_t *>prefix, len(prefix))
+
+
+#: Largest UDP payload quic_lane_receive takes (larger ones go to aioquic).
+LANE_MAX_DATAGRAM = 2048
+
+
+def quic_lane_receive(QuicKeys keys not None, const uint8_t[::1] datagram not None,
+                      Py_ssize_t dcid_len, int64_t largest_pn, max_datagram_frame_size,
+                      PacketBatch out not None, const uint8_t[::1] prefix not None):
+    """The lane's receive path for one UDP payload, in one C call.
+
+    Unprotects a copy of ``datagram`` (the original is never touched) and walks
+    its frames. ``None`` when the packet is not the lane's: it does not
+    authenticate with ``keys`` (or has the other key phase), or carries another
+    frame, or breaks the protocol — aioquic must have the original bytes.
+    Otherwise every DATAGRAM payload that starts with ``prefix`` (one session's
+    HTTP Datagram framing: quarter stream ID and context ID 0) is appended to
+    ``out`` without the prefix — straight into a slot, no Python object — and
+    the result is ``(packet_number, ack_eliciting, ack, others)``: ``ack`` as in
+    :func:`parse_lane_frames` or None, ``others`` the payloads that did not
+    match the prefix or did not fit ``out`` (a list, possibly empty).
+    """
+    if dcid_len < 0 or dcid_len > MASQUE_QUIC_MAX_CID_LEN:
+        raise ValueError(f"a connection ID has 0..20 bytes, not {dcid_len}")
+    cdef size_t n = <size_t>datagram.shape[0]
+    if n == 0 or n > LANE_MAX_DATAGRAM:
+        return None
+    cdef uint64_t max_frame = _quic_max_frame(max_datagram_frame_size)
+    cdef uint8_t buf[2048]
+    cdef masque_quic_rx rx
+    cdef masque_quic_frames fr
+    cdef int rc
+    cdef size_t plen = <size_t>prefix.shape[0]
+    cdef const uint8_t *pre = _quic_ptr(prefix)
+    cdef const uint8_t *payload
+    cdef const uint8_t *d
+    cdef uint32_t i, dlen
+    cdef list others = []
+    with nogil:
+        memcpy(buf, &datagram[0], n)
+        rc = masque_quic_unprotect(&keys.k, buf, n, <size_t>dcid_len, largest_pn, &rx)
+        if rc == MASQUE_QUIC_OK:
+            rc = masque_quic_parse_frames(buf + rx.hdr_len, rx.payload_len, max_frame, &fr)
+    if rc != MASQUE_QUIC_OK:
+        return None
+    payload = buf + rx.hdr_len
+    for i in range(fr.ndatagrams):
+        d = payload + fr.datagrams[i].off
+        dlen = fr.datagrams[i].len
+        if (dlen >= plen and (plen == 0 or memcmp(d, pre, plen) == 0)
+                and out.b.count < out.b.slots and dlen - plen <= out.b.slot_size):
+            memcpy(masque_batch_packet(&out.b, out.b.count), d + plen, dlen - plen)
+            out.b.lens[out.b.count] = dlen - plen
+            out.b.count += 1
+        else:
+            others.append(PyBytes_FromStringAndSize(<const char *>d, dlen))
+    ack = _quic_ack_tuple(&fr.ack) if fr.has_ack else None
+    return (rx.pn, bool(fr.ack_eliciting), ack, others)

@@ -51,6 +51,7 @@ FEATURES: dict[str, str] = {
 #: option (given to both), on is the default (nothing to pass).
 OFF_OPTIONS: dict[str, str] = {
     "fast-path": "--no-fast-path",
+    "datagram-lane": "--no-datagram-lane",
 }
 #: Features a configuration has unless it says otherwise.
 DEFAULT_FEATURES = frozenset(OFF_OPTIONS)

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pure-Python packet path instead of the compiled one (comparison, debugging)",
     )
+    parser.add_argument(
+        "--no-datagram-lane",
+        action="store_true",
+        help="every QUIC packet through aioquic (no DATAGRAM packets handled in C)",
+    )
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -117,15 +122,21 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         mtu=args.mtu,
         reconnect_max=args.reconnect_max,
         fast_path=not args.no_fast_path,
+        datagram_lane=not args.no_datagram_lane,
     )
 
 
 async def run(options: ClientOptions) -> int:
     """Run the tunnel until SIGINT/SIGTERM (exit 0) or a final refusal (exit 3)."""
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(ClientTunnel(options).run())
+    tunnel = ClientTunnel(options)
+    task = asyncio.ensure_future(tunnel.run())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    # SIGUSR1: rotate the 1-RTT keys (RFC 9001 §6); SIGUSR2: move to a new UDP port,
+    # as a NAT rebinding would (RFC 9000 §9). For operators, and for the tests.
+    loop.add_signal_handler(signal.SIGUSR1, tunnel.request_key_update)
+    loop.add_signal_handler(signal.SIGUSR2, tunnel.rebind)
     try:
         return await task
     except asyncio.CancelledError:

@@ -53,6 +53,7 @@ class ClientDataPlane:
         batch_size: int = BATCH_SLOTS,
         send_datagrams: Callable[[list[bytes]], int] | None = None,
         datagram_prefix: bytes = b"",
+        send_from_batch: Callable[[PacketBatch, list[int]], int] | None = None,
     ) -> None:
         """``send`` takes IP packets; ``send_datagrams`` (datagram carrier, optional)
         takes HTTP Datagram payloads already framed with ``datagram_prefix``."""
@@ -60,6 +61,8 @@ class ClientDataPlane:
         self._session = session
         self._send = send
         self._send_datagrams = send_datagrams
+        # The datagram lane: packets straight from the batch (-1: no lane yet).
+        self._send_from_batch = send_from_batch
         self._prefix = datagram_prefix
         self._max_packet = max_packet
         self._batch_size = batch_size
@@ -131,6 +134,11 @@ class ClientDataPlane:
         if replies:
             self._tun.write_batch(replies)
         if accepted:
+            if self._send_from_batch is not None:
+                sent = self._send_from_batch(batch, accepted)
+                if sent >= 0:
+                    self._count_sent(len(accepted), sent)
+                    return count
             if self._send_datagrams is not None:
                 sent = self._send_datagrams(fp.frame_datagrams(batch, accepted, self._prefix))
             else:
@@ -192,6 +200,18 @@ class ClientDataPlane:
             if accepted:
                 self.received_packets += self._tun.write_batch(accepted)
 
+    def from_relay_batch(self, batch: PacketBatch) -> None:
+        """A whole batch from the relay (the datagram lane wrote it in C): check, write."""
+        if not len(batch):
+            return
+        if self.implementation != "compiled":
+            self.from_relay([bytes(batch.view(i)) for i in range(len(batch))])
+            self.flush()
+            return
+        self.flush()  # anything queued before goes first
+        verdicts = self._fp.check_incoming_batch(batch, self._incoming.get(_SESSION, self._session))
+        self._write_checked(batch, verdicts)
+
     def _from_relay_compiled(self, chunk: list[bytes | memoryview]) -> None:
         batch = self._to_tun_batch
         batch.clear()
@@ -199,12 +219,14 @@ class ClientDataPlane:
         for packet in chunk:
             batch.append(packet if len(packet) <= limit else b"")
         verdicts = self._fp.check_incoming_batch(batch, self._incoming.get(_SESSION, self._session))
-        accepted = 0
-        for verdict in verdicts:
-            if verdict:
-                self.dropped[_VERDICTS[verdict].name.lower()] += 1
-            else:
-                accepted += 1
+        self._write_checked(batch, verdicts)
+
+    def _write_checked(self, batch: PacketBatch, verdicts: bytearray) -> None:
+        accepted = verdicts.count(0)
+        if accepted < len(verdicts):
+            for verdict in verdicts:
+                if verdict:
+                    self.dropped[_VERDICTS[verdict].name.lower()] += 1
         if accepted:
             self.received_packets += self._tun.compiled.write_batch(batch, verdicts)  # type: ignore[union-attr]
 

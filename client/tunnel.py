@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, ErrorCode
@@ -41,11 +41,13 @@ from client.dataplane import ClientDataPlane, udp_batch_io
 from client.routes import RouteManager
 from client.tls import TlsPolicy
 from masque.capsule import IpAddressRange
+from masque.errors import VarintError
 from masque.events import AddressesAssigned, RoutesAdvertised, SessionAborted
 from masque.events import DatagramReceived as CapsuleDatagram
 from masque.request import build_connect_ip_headers
 from masque.session import ConnectIpSession, Role
 from masque.template import TARGET_ANY, TargetScope, UriTemplate
+from masque.varint import decode_varint
 from netio import aioquic_internals
 from netio.compiled import fastpath
 from netio.h3 import (
@@ -55,8 +57,12 @@ from netio.h3 import (
     send_framed_datagrams,
     send_ip_packets,
 )
+from netio.lane import DatagramLane, LaneTable
 from netio.tun import TunDevice
 from netio.udp import BatchedUdpEndpoint, as_socket_address, open_udp_socket
+
+if TYPE_CHECKING:
+    from _fastpath import PacketBatch
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +108,8 @@ class ClientOptions:
     mtu: int = DEFAULT_MAX_MTU
     reconnect_max: float = 30.0
     send_queue_packets: int = 1024
-    fast_path: bool = True  # batched UDP I/O through _fastpath (false: pure Python)
+    fast_path: bool = True  # the compiled data path (false: pure Python)
+    datagram_lane: bool = True  # DATAGRAM packets handled in C (needs fast_path)
 
 
 def _line(out: TextIO, word: str, **fields: object) -> None:
@@ -117,6 +124,10 @@ class ClientProtocol(QuicConnectionProtocol):
         super().__init__(quic, **kwargs)
         self.h3 = ConnectIpH3Connection(quic, enable_datagrams=datagrams)
         self.handler: Any = None  # the _Attempt in charge, once the request is sent
+        #: The datagram lane's table (None: lane off) and this connection's lane.
+        self.lanes: LaneTable | None = None
+        self.lane: DatagramLane | None = None
+        self.endpoint: BatchedUdpEndpoint | None = None
         self.closed = asyncio.Event()
         self.close_reason = ""
 
@@ -126,13 +137,45 @@ class ClientProtocol(QuicConnectionProtocol):
 
     def end_of_batch(self) -> None:
         """The endpoint's receive batch is over: write its packets, then transmit once."""
+        if self.lanes is not None:
+            self.lanes.end_batch(self._loop.time())  # aioquic learns what C consumed
         dataplane = self.handler.dataplane if self.handler is not None else None
         if dataplane is not None:
             dataplane.flush()
         self.transmit()
+        self.sync_lane()
+
+    def sync_lane(self) -> None:
+        """Install the lane once the session carries datagrams; follow aioquic's changes."""
+        if self.lanes is None or self.endpoint is None:
+            return
+        handler = self.handler
+        if self.lane is None:
+            if handler is None or handler.dataplane is None or handler.carrier != "datagram":
+                return
+            self.lane = DatagramLane.install(
+                self._quic, send=self.endpoint.sendto, deliver=handler.lane_datagram, owner=self
+            )
+            if self.lane is not None:
+                self.lanes.add(self.lane)
+                # Our session's packets go from C straight into a batch for the TUN.
+                prefix = datagram_prefix(handler.stream_id)
+                self.lane.bind(prefix, handler.dataplane.from_relay_batch)
+        elif self.lane.refresh():
+            self.lanes.index(self.lane)
+        else:
+            self.drop_lane()
+
+    def drop_lane(self) -> None:
+        if self.lane is not None:
+            self.lane.unbind()
+            if self.lanes is not None:
+                self.lanes.remove(self.lane)
+        self.lane = None
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
+            self.drop_lane()
             self.close_reason = event.reason_phrase or f"error-{event.error_code}"
             self.closed.set()
         elif (
@@ -216,6 +259,25 @@ class _Attempt:
         use_datagrams = self.options.datagrams and self.protocol.h3.datagrams_negotiated
         return "datagram" if use_datagrams else "capsule"
 
+    def lane_datagram(self, payload: bytes) -> None:
+        """An HTTP Datagram the lane received (quarter stream ID first)."""
+        try:
+            quarter, offset = decode_varint(payload)
+        except VarintError:
+            return
+        if quarter * 4 != self.stream_id:
+            return  # RFC 9297 §2.1: not our request's datagram
+        packet = self.session.receive_datagram(memoryview(payload)[offset:])
+        if packet is not None:
+            self._deliver(packet)
+
+    def send_from_batch(self, batch: PacketBatch, indices: list[int]) -> int:
+        """Packets of a TUN batch through the lane; -1 when there is no lane (yet)."""
+        lane = self.protocol.lane
+        if lane is None or self.ended.is_set():
+            return -1
+        return lane.send(batch, indices, datagram_prefix(self.stream_id))
+
     def send_datagrams(self, payloads: list[bytes]) -> int:
         """Send HTTP Datagram payloads framed with :attr:`datagram_prefix`; one transmit."""
         if self.ended.is_set():
@@ -255,6 +317,29 @@ class ClientTunnel:
     def __init__(self, options: ClientOptions, out: TextIO = sys.stdout) -> None:
         self.options = options
         self.out = out
+        #: The connection of the current attempt, while there is one.
+        self.protocol: ClientProtocol | None = None
+
+    def request_key_update(self) -> None:
+        """Rotate the current connection's 1-RTT keys; the lane follows."""
+        protocol = self.protocol
+        if protocol is None:
+            return
+        protocol._quic.request_key_update()
+        protocol.transmit()  # aioquic applies the new keys to its next packet
+        protocol.sync_lane()
+        _line(self.out, "key-update")
+
+    def rebind(self) -> None:
+        """Send from a new UDP port from now on (the relay sees a NAT rebinding)."""
+        protocol = self.protocol
+        if protocol is None or protocol.endpoint is None:
+            return
+        sock = open_udp_socket("::", 0)
+        protocol.endpoint.rebind(sock, udp_batch_io(sock, fast=self.options.fast_path))
+        protocol._quic.send_ping(0)  # let the relay see the new address at once
+        protocol.transmit()
+        _line(self.out, "rebound", port=sock.getsockname()[1])
 
     async def run(self) -> int:
         """Connect and reconnect until cancelled; return the exit code on a final refusal."""
@@ -301,15 +386,23 @@ class ClientTunnel:
         infos = await loop.getaddrinfo(opts.relay_host, opts.relay_port, type=socket.SOCK_DGRAM)
         async with contextlib.AsyncExitStack() as stack:
             sock = open_udp_socket("::", 0)
-            protocol = ClientProtocol(
-                QuicConnection(configuration=self._configuration()), datagrams=opts.datagrams
-            )
+            quic = QuicConnection(configuration=self._configuration())
+            protocol = ClientProtocol(quic, datagrams=opts.datagrams)
+            if opts.fast_path and opts.datagram_lane and opts.datagrams and fastpath() is not None:
+                aioquic_internals.capture_one_rtt_secrets(quic)
+                protocol.lanes = LaneTable()
             endpoint = BatchedUdpEndpoint(
                 sock,
                 udp_batch_io(sock, fast=opts.fast_path),
                 protocol.datagram_received,
                 protocol.end_of_batch,
+                intercept=protocol.lanes.intercept if protocol.lanes is not None else None,
             )
+            protocol.endpoint = endpoint
+            self.protocol = protocol
+            stack.callback(setattr, self, "protocol", None)
+            if protocol.lanes is not None:
+                stack.callback(lambda: _line(self.out, "lane-stats", **_lane_stats(protocol)))
             stack.callback(endpoint.close)
             protocol.connection_made(endpoint)
             endpoint.start()
@@ -377,6 +470,7 @@ class ClientTunnel:
             max_packet=mtu,
             icmp_sources=[a.ip_prefix.network_address for a in attempt.session.local_addresses],
             send_datagrams=attempt.send_datagrams if attempt.carrier == "datagram" else None,
+            send_from_batch=attempt.send_from_batch if attempt.carrier == "datagram" else None,
             datagram_prefix=datagram_prefix(stream_id),
         )
         attempt.dataplane = dataplane
@@ -427,6 +521,18 @@ class ClientTunnel:
         else:
             routes.add_routes([ipaddress.ip_network(p.strip()) for p in mode.split(",")])
         return len(routes.routes)
+
+
+def _lane_stats(protocol: ClientProtocol) -> dict[str, object]:
+    """The datagram lane's counters over the connection's life (live lane included)."""
+    lanes = protocol.lanes
+    if lanes is None:
+        return {}
+    totals = dict(lanes.retired)
+    for lane in lanes:
+        for stat, value in lane.stats.items():
+            totals[stat] += value
+    return dict(totals)
 
 
 def _tun_stats(tun: TunDevice) -> dict[str, object]:

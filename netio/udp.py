@@ -127,8 +127,11 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
         on_batch_end: Callable[[], None] = lambda: None,
         *,
         batch_size: int = 64,
+        intercept: Callable[[bytes, Address], bool] | None = None,
     ) -> None:
+        """``intercept`` (the datagram lane) sees each datagram first; True: consumed."""
         super().__init__()
+        self._intercept = intercept
         self._sock = sock
         self._io = io
         self._receiver = receiver
@@ -161,12 +164,15 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
                 break
             self.received += len(batch)
             mapped = self._mapped
+            intercept = self._intercept
             for data, addr, _ecn in batch:
                 if mapped and ":" not in addr[0]:
                     # One spelling per peer: aioquic compares addresses to notice
                     # path changes, and a dual-stack socket names IPv4 peers mapped.
                     addr = (f"::ffff:{addr[0]}", addr[1])
                 try:
+                    if intercept is not None and intercept(data, addr):
+                        continue
                     self._receiver(data, addr)
                 except Exception:
                     # One bad datagram must not cost the rest of the batch.
@@ -219,6 +225,21 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
         self._writer_armed = False
         self._loop.remove_writer(self._sock.fileno())
         self.flush()
+
+    def rebind(self, sock: socket.socket, io: UdpBatchIO) -> None:
+        """Carry on over a new socket (a new local address or port), closing the old one."""
+        self.flush()
+        self._loop.remove_reader(self._sock.fileno())
+        if self._writer_armed:
+            self._loop.remove_writer(self._sock.fileno())
+            self._writer_armed = False
+        close_io = getattr(self._io, "close", None)
+        if close_io is not None:
+            close_io()
+        self._sock.close()
+        self._sock, self._io = sock, io
+        self._mapped = sock.family == socket.AF_INET6
+        self._loop.add_reader(sock.fileno(), self._readable)
 
     # -- asyncio.DatagramTransport -------------------------------------------------------
 

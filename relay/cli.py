@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pure-Python packet path instead of the compiled one (comparison, debugging)",
     )
+    parser.add_argument(
+        "--no-datagram-lane",
+        action="store_true",
+        help="every QUIC packet through aioquic (no DATAGRAM packets handled in C)",
+    )
     parser.add_argument("--session-rate-mbit", type=float, help="per-session bandwidth cap")
     parser.add_argument("--global-rate-mbit", type=float, help="whole-relay bandwidth cap")
     parser.add_argument("--log-level", help="debug, info, warning, error")
@@ -97,6 +102,8 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         cfg = replace(cfg, limits=replace(cfg.limits, idle_timeout=args.idle_timeout))
     if args.no_fast_path:
         cfg = replace(cfg, dataplane=replace(cfg.dataplane, fast_path=False))
+    if args.no_datagram_lane:
+        cfg = replace(cfg, dataplane=replace(cfg.dataplane, datagram_lane=False))
     if args.session_rate_mbit is not None:
         cfg = replace(cfg, limits=replace(cfg.limits, session_rate_mbit=args.session_rate_mbit))
     if args.global_rate_mbit is not None:
@@ -117,6 +124,8 @@ async def run(cfg: RelayConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # An operator (or a test) can rotate every connection's 1-RTT keys (RFC 9001 §6).
+    loop.add_signal_handler(signal.SIGUSR1, server.request_key_updates)
     try:
         await server.start()
         await stop.wait()

@@ -208,7 +208,9 @@ class DataplaneConfig:
     """How packets move."""
 
     fast_path: bool = True
-    "Batched UDP I/O (recvmmsg/sendmmsg, GSO/GRO) through the compiled _fastpath."
+    "The compiled data path: batched TUN/UDP I/O with offloads, packet checks in C."
+    datagram_lane: bool = True
+    "Steady-state QUIC DATAGRAM packets handled in C (needs fast_path)."
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +323,8 @@ compat_length_framing = false  # accept 2-byte length-prefixed stream framing to
 send_queue_packets = 1024  # per-session send queue bound
 
 [dataplane]
-fast_path = true           # false: pure-Python packet I/O (comparison, debugging)
+fast_path = true           # false: pure-Python packet path (comparison, debugging)
+datagram_lane = true       # false: every QUIC packet through aioquic (needs fast_path)
 
 [limits]
 idle_timeout = 300.0       # seconds
@@ -717,8 +720,9 @@ class _Parser:
 
     def _dataplane(self, t: _Table) -> DataplaneConfig:
         fast_path = t.boolean("fast_path", True)
+        datagram_lane = t.boolean("datagram_lane", True)
         t.finish()
-        return DataplaneConfig(fast_path=fast_path)
+        return DataplaneConfig(fast_path=fast_path, datagram_lane=datagram_lane)
 
     def _limits(self, t: _Table) -> LimitsConfig:
         idle = t.number("idle_timeout", 300.0, 1.0, 7 * 24 * 3600.0)

@@ -30,6 +30,7 @@ import functools
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -161,6 +162,46 @@ class RelayDataPlane:
                 self._from_clients_compiled(chunk)
             else:
                 self._from_clients_python(chunk)
+
+    def from_client_batch(self, session: RelaySession, batch: PacketBatch) -> None:
+        """A whole batch of one session's packets (the datagram lane wrote them in C)."""
+        count = len(batch)
+        if not count:
+            return
+        if session not in self._sessions:
+            return
+        if self.implementation != "compiled" or session.limits_from_client:
+            # Rare: per-packet work (rate limits) goes through the general path.
+            self.from_client(session, [bytes(batch.view(i)) for i in range(count)])
+            self.flush()
+            return
+        self.flush()  # keep the order of anything queued before
+        fp = self._fp
+        session.last_activity = time.monotonic()
+        session.rx_packets += count
+        session.rx_bytes += sum(map(batch.length, range(count)))
+        policy = self._incoming.get(session.id, session.connect_ip)
+        verdicts = fp.check_incoming_batch(batch, policy)
+        ttls = fp.decrement_ttl_batch(batch, verdicts)
+        forwarded = verdicts.count(0)
+        if forwarded < count or 0 in ttls:
+            replies: list[bytes] = []
+            for i in range(count):
+                verdict = verdicts[i]
+                if verdict:
+                    self._drop(_VERDICTS[verdict], batch.view(i), replies)
+                elif ttls[i] == 0:
+                    self.dropped["ttl_exceeded"].value += 1
+                    self._icmp(batch.view(i), IcmpErrorKind.TIME_EXCEEDED, replies)
+                    verdicts[i] = _NO_POLICY
+                    forwarded -= 1
+            if replies:
+                session.send_packets(session, replies)
+        if forwarded:
+            written = self._tun.compiled.write_batch(batch, verdicts)  # type: ignore[union-attr]
+            self._from_client.value += written
+            if written < forwarded:
+                self.dropped["tun_write"].value += forwarded - written
 
     def forget(self, session: RelaySession) -> None:
         """A session ended: drop its queued packets and compiled policy."""
@@ -338,6 +379,11 @@ class RelayDataPlane:
             by_session.setdefault(sid, []).append(i)
         for sid, indices in by_session.items():
             session = sessions[sid]
+            if session.send_from_batch is not None:
+                sent = session.send_from_batch(session, batch, indices)
+                if sent >= 0:  # the datagram lane took them
+                    self._count_sent(len(indices), sent)
+                    continue
             if session.carrier is Carrier.DATAGRAM and session.send_datagrams is not None:
                 payloads = fp.frame_datagrams(batch, indices, session.datagram_prefix)
                 sent = session.send_datagrams(session, payloads)

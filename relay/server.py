@@ -15,6 +15,7 @@ One :class:`RelayServer` owns every piece of state (sessions, pools, TUN, NAT).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -22,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
@@ -39,12 +40,13 @@ from aioquic.quic.events import (
 )
 
 from masque.capsule import AssignedAddress, IpAddressRange, sort_ranges
-from masque.errors import RequestError
+from masque.errors import RequestError, VarintError
 from masque.events import AddressRequested, SessionAborted
 from masque.events import DatagramReceived as CapsuleDatagram
 from masque.request import build_connect_ip_response_headers, validate_connect_ip_request
 from masque.session import ConnectIpSession, Role, Scope
 from masque.template import TargetAny, TargetHostname, TargetPrefix, UriTemplate
+from masque.varint import decode_varint
 from netio import aioquic_internals
 from netio.compiled import fastpath
 from netio.h3 import (
@@ -54,6 +56,7 @@ from netio.h3 import (
     send_framed_datagrams,
     send_ip_packets,
 )
+from netio.lane import LANE_STATS, DatagramLane, LaneTable
 from netio.tun import TunDevice
 from netio.udp import BatchedUdpEndpoint, open_udp_socket
 from relay.auth import (
@@ -70,6 +73,9 @@ from relay.metrics import Metrics
 from relay.nat import NatManager
 from relay.ratelimit import TokenBucket
 from relay.sessions import Carrier, RelaySession, SessionTable
+
+if TYPE_CHECKING:
+    from _fastpath import PacketBatch
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +106,9 @@ class RelayProtocol(QuicConnectionProtocol):
         self.pending: dict[int, list[tuple[bytes, bool]]] = {}
         # Every request stream seen: a later HEADERS frame on one is not a new request.
         self.handled: set[int] = set()
+        #: The datagram lane, once installed (handshake confirmed, datagrams negotiated).
+        self.lane: DatagramLane | None = None
+        self._lane_session: RelaySession | None = None  # whose packets C batches directly
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.peer == "?":
@@ -119,6 +128,7 @@ class RelayProtocol(QuicConnectionProtocol):
                 self._quic, enable_datagrams=self.relay.config.carrier.mode is CarrierMode.DATAGRAM
             )
         elif isinstance(event, ConnectionTerminated):
+            self.drop_lane()
             self.pending.clear()  # requests still being accepted are abandoned
             for session in list(self.sessions.values()):
                 self.relay.end_session(session, "connection-closed", send_fin=False)
@@ -134,20 +144,76 @@ class RelayProtocol(QuicConnectionProtocol):
             for h3_event in self.h3.handle_event(event):
                 self._h3_event_received(h3_event)
 
+    def _datagram(self, stream_id: int, data: bytes | memoryview) -> None:
+        session = self.sessions.get(stream_id)
+        if session is None:
+            # RFC 9297 §2.1: datagrams for unknown requests are dropped.
+            self.relay.unknown_datagrams.value += 1
+            return
+        packet = session.connect_ip.receive_datagram(data)
+        if packet is None:
+            # RFC 9484 §6: unknown (or truncated) context IDs are dropped.
+            self.relay.dataplane.dropped["unknown_context"].value += 1
+        else:
+            session.last_activity = time.monotonic()
+            self.relay.dataplane.from_client(session, (packet,))
+
+    def lane_datagram(self, payload: bytes) -> None:
+        """An HTTP Datagram the lane received: quarter stream ID, then context and packet."""
+        try:
+            quarter, offset = decode_varint(payload)
+        except VarintError:
+            self.relay.unknown_datagrams.value += 1  # as aioquic's H3 layer would drop it
+            return
+        self._datagram(quarter * 4, memoryview(payload)[offset:])
+
+    def sync_lane(self) -> None:
+        """After aioquic handled packets: install the lane, or pick up what changed."""
+        lanes = self.relay.lanes
+        if lanes is None:
+            return
+        if self.lane is None:
+            if self.h3 is None or not self.h3.datagrams_negotiated:
+                return
+            self.lane = DatagramLane.install(
+                self._quic, send=self.relay.endpoint.sendto, deliver=self.lane_datagram, owner=self
+            )
+            if self.lane is not None:
+                lanes.add(self.lane)
+                self.bind_lane()
+        elif self.lane.refresh():
+            lanes.index(self.lane)
+        else:
+            self.drop_lane()
+
+    def drop_lane(self) -> None:
+        if self.lane is not None:
+            self.lane.unbind()
+            if self.relay.lanes is not None:
+                self.relay.lanes.remove(self.lane)
+        self.lane = None
+        self._lane_session = None
+
+    def bind_lane(self) -> None:
+        """Let the lane write the first datagram session's packets straight into a batch."""
+        lane = self.lane
+        if lane is None:
+            return
+        bound = self._lane_session
+        if bound is not None and self.sessions.get(bound.stream_id) is bound:
+            return
+        for session in self.sessions.values():
+            if session.carrier is Carrier.DATAGRAM:
+                sink = functools.partial(self.relay.dataplane.from_client_batch, session)
+                lane.bind(session.datagram_prefix, sink)
+                self._lane_session = session
+                return
+        lane.unbind()
+        self._lane_session = None
+
     def _h3_event_received(self, event: H3Event) -> None:
         if isinstance(event, DatagramReceived):
-            datagram_session = self.sessions.get(event.stream_id)
-            if datagram_session is None:
-                # RFC 9297 §2.1: datagrams for unknown requests are dropped.
-                self.relay.unknown_datagrams.value += 1
-                return
-            packet = datagram_session.connect_ip.receive_datagram(event.data)
-            if packet is None:
-                # RFC 9484 §6: unknown (or truncated) context IDs are dropped.
-                self.relay.dataplane.dropped["unknown_context"].value += 1
-            else:
-                datagram_session.last_activity = time.monotonic()
-                self.relay.dataplane.from_client(datagram_session, (packet,))
+            self._datagram(event.stream_id, event.data)
         elif isinstance(event, HeadersReceived):
             if event.stream_id in self.handled:
                 # Trailers (or a peer repeating itself): never a second request.
@@ -227,6 +293,7 @@ class RelayServer:
         self._global_to_client = TokenBucket.from_mbit(cfg.limits.global_rate_mbit)
         self.tun: TunDevice | None = None
         self.nat: NatManager | None = None
+        self.lanes: LaneTable | None = None
         self._quic_server: QuicServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -310,9 +377,27 @@ class RelayServer:
         configuration.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
         wants_cert = self.authenticator.requests_client_certificate
 
+        lane_on = cfg.dataplane.datagram_lane and self.dataplane.implementation == "compiled"
+        self.lanes = LaneTable() if lane_on else None
+        log.info("datagram lane: %s", "on" if lane_on else "off")
+        lane_metric = self.metrics.gauge(
+            "masque_relay_lane",
+            "The datagram lane's packet counters, over all connections (see netio/lane.py).",
+            labels=("stat",),
+        )
+        for stat in LANE_STATS:
+            lane_metric.child(stat=stat).set_function(functools.partial(self._lane_stat, stat))
+        self.metrics.gauge(
+            "masque_relay_lanes_active",
+            "Connections whose DATAGRAM packets the lane handles.",
+            function=lambda: float(len(self.lanes) if self.lanes is not None else 0),
+        )
+
         def create_protocol(quic: QuicConnection, **kwargs: Any) -> RelayProtocol:
             if wants_cert:
                 request_client_certificate(quic)
+            if lane_on:
+                aioquic_internals.capture_one_rtt_secrets(quic)
             protocol = RelayProtocol(quic, relay=self, **kwargs)
             self.connections.add(protocol)
             return protocol
@@ -321,7 +406,11 @@ class RelayServer:
         self._quic_server = QuicServer(configuration=configuration, create_protocol=create_protocol)
         self.udp_io = udp_batch_io(sock, fast=cfg.dataplane.fast_path)
         self.endpoint = BatchedUdpEndpoint(
-            sock, self.udp_io, self._quic_server.datagram_received, self._transmit_dirty
+            sock,
+            self.udp_io,
+            self._quic_server.datagram_received,
+            self._transmit_dirty,
+            intercept=self.lanes.intercept if self.lanes is not None else None,
         )
         self._quic_server.connection_made(self.endpoint)
         self.endpoint.start()
@@ -366,6 +455,24 @@ class RelayServer:
             self.nat.stop()
         self._stopped.set()
 
+    def request_key_updates(self) -> None:
+        """Start a key update on every connection (SIGUSR1); the lanes follow."""
+        for protocol in list(self.connections):
+            try:
+                protocol._quic.request_key_update()
+            except Exception:
+                log.debug("key update refused", exc_info=True)
+                continue
+            protocol.transmit()  # aioquic applies the new keys to its next packet
+            protocol.sync_lane()
+        log.info("key update requested on %d connections", len(self.connections))
+
+    def _lane_stat(self, stat: str) -> float:
+        lanes = self.lanes
+        if lanes is None:
+            return 0.0
+        return float(lanes.retired[stat] + sum(lane.stats[stat] for lane in lanes))
+
     def transmit_later(self, protocol: RelayProtocol) -> None:
         """Have ``protocol`` transmit at the end of the current receive batch."""
         self._dirty.add(protocol)
@@ -376,10 +483,15 @@ class RelayServer:
 
     def _transmit_dirty(self) -> None:
         # The batch's client packets first: their ICMP answers join this transmit.
+        if self.lanes is not None:
+            # What the lane consumed, aioquic learns now: its ACKs go out below.
+            for lane in self.lanes.end_batch(asyncio.get_running_loop().time()):
+                self._dirty.add(lane.owner)
         self.dataplane.flush()
         dirty, self._dirty = self._dirty, set()
         for protocol in dirty:
             protocol.transmit()
+            protocol.sync_lane()
 
     async def _idle_sweeper(self) -> None:
         timeout = self.config.limits.idle_timeout
@@ -518,6 +630,7 @@ class RelayServer:
             assignment=assignment,
             send_packets=self._sender(protocol),
             send_datagrams=self._datagram_sender(protocol),
+            send_from_batch=self._lane_sender(protocol) if carrier is Carrier.DATAGRAM else None,
             datagram_prefix=datagram_prefix(stream_id),
             close=lambda s, reason: self.end_session(s, reason),
             max_packet=max_packet,
@@ -542,6 +655,7 @@ class RelayServer:
             return
         self.sessions.add(session)
         protocol.sessions[stream_id] = session
+        protocol.bind_lane()
         self.sessions_total_child.value += 1
         _events_line(
             self.out,
@@ -722,6 +836,24 @@ class RelayServer:
 
         return send_datagrams
 
+    def _lane_sender(
+        self, protocol: RelayProtocol
+    ) -> Callable[[RelaySession, PacketBatch, list[int]], int]:
+        """Sends a session's packets straight from a TUN batch through the datagram lane."""
+
+        def send_from_batch(session: RelaySession, batch: PacketBatch, indices: list[int]) -> int:
+            lane = protocol.lane
+            if lane is None or session not in self.sessions:
+                return -1
+            sent = lane.send(batch, indices, session.datagram_prefix)
+            if sent:
+                session.tx_packets += sent
+                session.tx_bytes += sum(batch.length(i) for i in indices[:sent])
+                session.last_activity = time.monotonic()
+            return sent
+
+        return send_from_batch
+
     def _reset(self, session: RelaySession) -> None:
         protocol: RelayProtocol = session.connection
         quic = protocol._quic
@@ -743,6 +875,7 @@ class RelayServer:
         self.pool.release(session.id)
         protocol: RelayProtocol = session.connection
         protocol.sessions.pop(session.stream_id, None)
+        protocol.bind_lane()
         if send_fin and protocol.h3 is not None:
             try:
                 protocol.h3.send_data(session.stream_id, b"", end_stream=True)

@@ -64,6 +64,9 @@ class RelaySession:
     send_datagrams: Callable[[RelaySession, list[bytes]], int] | None = None
     #: Quarter stream ID and context ID 0: the framing in front of each packet.
     datagram_prefix: bytes = b""
+    #: Datagram carrier through the lane: packets ``indices`` of a batch, protected in
+    #: C; how many went, or -1 when the connection has no lane (use ``send_datagrams``).
+    send_from_batch: Callable[[RelaySession, PacketBatch, list[int]], int] | None = None
     #: Largest IP packet that fits one unit of this session's carrier (tunnel MTU).
     max_packet: int = 1280
     started: float = field(default_factory=time.monotonic)

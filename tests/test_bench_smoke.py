@@ -64,16 +64,16 @@ def test_bench_smoke_produces_table_json_and_plots() -> None:
 
 
 def test_feature_switch_refuses_a_build_without_it() -> None:
-    # The datagram lane is not in this build: asking to measure it is refused.
+    # AF_XDP is not in this build: asking to measure it is refused.
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--datagram-lane", "on"],
+        [sys.executable, "-m", "bench", "--af-xdp", "on"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert "datagram-lane not available in this build" in result.stderr
+    assert "af-xdp not available in this build" in result.stderr
 
 
 def test_fast_path_switch_reaches_relay_and_client() -> None:
@@ -89,7 +89,8 @@ def test_config_specs() -> None:
     capsule = Config.parse("carrier=capsule,nat=on")
     assert (capsule.mode, capsule.carrier, capsule.nat) == ("tunnel", "capsule", True)
     assert capsule.label == "tunnel/capsule+nat"
-    assert Config.parse("fast-path=on").features == frozenset({"fast-path"})
+    assert Config.parse("fast-path=on").features == frozenset({"fast-path", "datagram-lane"})
+    assert Config.parse("datagram-lane=off").features == frozenset({"fast-path"})
     for bad in ("carrier=pigeon", "speed=11", "nat=maybe", "carrier"):
         with pytest.raises(ConfigError):
             Config.parse(bad)

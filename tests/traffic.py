@@ -130,3 +130,76 @@ def tcp_transfer(
         raise RuntimeError(f"TCP sink failed: {out.decode()} {err.decode()}")
     received, digest = int(fields[0]), fields[1]
     return TransferResult(nbytes, received, digest == hashlib.sha256(payload).hexdigest(), seconds)
+
+
+# Connects, sends ``nbytes`` random bytes at most ``rate`` Mbit/s (0: as fast as it
+# can), prints the count and SHA-256 of what it sent.
+_PACED_SOURCE = """
+import hashlib, os, socket, sys, time
+dst, port, nbytes, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+digest, sent, start = hashlib.sha256(), 0, time.monotonic()
+with socket.create_connection((dst, port), timeout=30) as conn:
+    conn.settimeout(60)
+    while sent < nbytes:
+        chunk = os.urandom(min(65536, nbytes - sent))
+        conn.sendall(chunk)
+        digest.update(chunk)
+        sent += len(chunk)
+        if rate > 0:
+            ahead = sent * 8 / (rate * 1e6) - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+print(sent, digest.hexdigest(), flush=True)
+"""
+
+
+class BackgroundTransfer:
+    """A verified TCP transfer running while the test does something else.
+
+    Start it, disturb the tunnel (key update, loss, rebinding...), then
+    :meth:`wait` for the result: the byte count and whether the SHA-256 the
+    receiver computed equals the sender's.
+    """
+
+    def __init__(
+        self,
+        bed: TestBed,
+        src_ns: str,
+        dst_ns: str,
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        *,
+        nbytes: int,
+        rate_mbit: float = 0.0,
+        port: int = 5202,
+    ) -> None:
+        self.nbytes = nbytes
+        self._sink = bed.spawn(dst_ns, [sys.executable, "-c", _SINK, str(dst), str(port)])
+        assert self._sink.stdout is not None
+        ready = self._sink.stdout.readline().decode().strip()
+        if ready != "listening":
+            raise RuntimeError("TCP sink did not start")
+        self.started = time.monotonic()
+        self._source = bed.spawn(
+            src_ns,
+            [sys.executable, "-c", _PACED_SOURCE, str(dst), str(port), str(nbytes), str(rate_mbit)],
+        )
+
+    def wait(self, timeout: float = 120.0) -> TransferResult:
+        """Wait for both ends; the transfer's result."""
+        out, err = self._source.communicate(timeout=timeout)
+        sink_out, sink_err = self._sink.communicate(timeout=timeout)
+        seconds = time.monotonic() - self.started
+        sent = out.decode().split()
+        got = sink_out.decode().split()
+        if len(sent) != 2 or len(got) != 2:
+            raise RuntimeError(
+                f"transfer failed: source {out!r} {err!r}; sink {sink_out!r} {sink_err!r}"
+            )
+        return TransferResult(int(sent[0]), int(got[0]), sent[1] == got[1], seconds)
+
+    def close(self) -> None:
+        """Teardown: kill whichever end is still running (after :meth:`wait`: nothing to do)."""
+        for proc in (self._source, self._sink):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)

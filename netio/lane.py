@@ -1,0 +1,357 @@
+"""The QUIC datagram lane: steady-state DATAGRAM packets go through C, aioquic stays in charge.
+
+aioquic costs about 100 µs of CPU per QUIC packet. Once a connection's
+handshake is confirmed, a :class:`DatagramLane` holds its 1-RTT keys in C
+(``_fastpath.QuicKeys``) and handles the packets that carry nothing but
+PADDING, PING, ACK and DATAGRAM frames:
+
+- receive: a short-header packet for one of the connection's CIDs, from the
+  current peer address, is unprotected in C; if its frames are lane frames the
+  DATAGRAM payloads go to the data plane and the packet never reaches aioquic.
+  Anything else — long headers, another address (migration), a key-phase
+  change, a failed authentication, any other frame — goes to aioquic
+  unchanged, and is processed there in order.
+- send: IP packets read from the TUN are framed as DATAGRAM frames in their
+  slot's headroom and protected in C with packet numbers reserved from
+  aioquic's counter, then sent with the endpoint's batched (GSO) send.
+- sync, once per receive batch (:meth:`DatagramLane.end_batch`): aioquic
+  learns the packet numbers C consumed (its ACKs stay right and keep flowing)
+  and the ACK frames C saw (its loss recovery and RTT see their packets
+  acknowledged). Key updates, new CIDs and path changes happen in aioquic; the
+  lane re-reads them after every batch aioquic touched (:meth:`refresh`).
+- the lane never floods: it keeps at most :data:`MAX_IN_FLIGHT` packets
+  unacknowledged and counts what it refuses beyond that.
+
+Every aioquic internal involved is named in :mod:`netio.aioquic_internals`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aioquic.quic.connection import QuicConnection
+
+from netio import aioquic_internals as internals
+from netio.compiled import fastpath
+
+if TYPE_CHECKING:
+    from _fastpath import PacketBatch, QuicKeys
+
+log = logging.getLogger(__name__)
+
+Address = tuple[Any, ...]
+
+#: Unacknowledged packets the lane allows itself before it refuses to send more.
+MAX_IN_FLIGHT = 8192
+#: Bytes in front of each slot for the short header, DATAGRAM frame and HTTP framing.
+LANE_HEADROOM = 64
+#: Slots of the receive batch, and how many are kept free for one packet's datagrams.
+RX_SLOTS = 256
+RX_HEADROOM_SLOTS = 64
+#: Reasons the lane counts.
+LANE_STATS = (
+    "received",  # packets consumed in C
+    "datagrams_received",
+    "handed_to_aioquic",  # short-header packets for a lane CID that aioquic had to handle
+    "duplicates",
+    "sent",
+    "window_full",  # packets refused: MAX_IN_FLIGHT unacknowledged
+    "acks_sent",  # ACK frames the lane piggybacked on its own packets
+    "reinstalls",  # key update, CID or path change picked up from aioquic
+)
+
+
+class DatagramLane:
+    """The lane of one QUIC connection; create with :meth:`install` once confirmed."""
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        secrets: internals.OneRttSecrets,
+        *,
+        send: Callable[[bytes, Address], None],
+        deliver: Callable[[bytes], None],
+        owner: Any = None,
+    ) -> None:
+        module = fastpath()
+        assert module is not None, "the datagram lane needs the compiled fast path"
+        self._fp: Any = module
+        self.quic = quic
+        #: Whoever installed the lane (the relay's connection protocol), for callbacks.
+        self.owner = owner
+        self._send = send
+        self._deliver = deliver
+        self._secrets = secrets
+        # Header protection keys never change (RFC 9001 §6): derived once.
+        self._hp = internals.derive_hp_keys(secrets)
+        self._recv_keys: QuicKeys | None = None
+        self._send_keys: QuicKeys | None = None
+        self._recv_state: object = None
+        self._send_state: object = None
+        self.host_cids: frozenset[bytes] = frozenset()
+        self.cid_length = internals.host_cid_length(quic)
+        self._peer_cid = b""
+        self._peer_addr: Address | None = None
+        self._max_frame = internals.local_max_datagram_frame_size(quic)
+        self._tx: PacketBatch = module.PacketBatch(128, 2048, LANE_HEADROOM)
+        # IP packets of the bound session, written by C straight into slots (see bind()).
+        self._rx: PacketBatch = module.PacketBatch(RX_SLOTS, 2048, 0)
+        self._rx_prefix = b"\xff"  # no session bound: matches no HTTP Datagram
+        self._rx_sink: Callable[[PacketBatch], None] | None = None
+        # This batch's consumed packet numbers (and whether any asked for an ACK), ACKs seen.
+        self._received: list[int] = []
+        self._received_set: set[int] = set()
+        self._ack_eliciting = False
+        self._acks: list[tuple[int, tuple[tuple[int, int], ...]]] = []
+        self._largest_pn = -1
+        self.stats = dict.fromkeys(LANE_STATS, 0)
+        self.refresh()
+
+    @classmethod
+    def install(
+        cls,
+        quic: QuicConnection,
+        *,
+        send: Callable[[bytes, Address], None],
+        deliver: Callable[[bytes], None],
+        owner: Any = None,
+    ) -> DatagramLane | None:
+        """A lane for ``quic`` if its 1-RTT keys are known and the handshake confirmed."""
+        secrets = internals.one_rtt_secrets(quic)
+        if secrets is None or not internals.lane_ready(quic):
+            return None
+        lane = cls(quic, secrets, send=send, deliver=deliver, owner=owner)
+        log.info(
+            "datagram lane installed (cipher suite 0x%04x, CID length %d)",
+            secrets.cipher_suite,
+            lane.cid_length,
+        )
+        return lane
+
+    # -- state from aioquic ----------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Re-read keys, CIDs and path from aioquic; False once the lane must go."""
+        quic = self.quic
+        if not internals.lane_ready(quic):
+            return False
+        fp = self._fp
+        recv_state = internals.crypto_state(quic, send=False)
+        if recv_state != self._recv_state:
+            suite, secret, phase = recv_state
+            key, iv = internals.derive_key_iv(self._secrets, secret)
+            self._recv_keys = fp.QuicKeys(suite, key, iv, self._hp[0], key_phase=phase)
+            if self._recv_state is not None:
+                self.stats["reinstalls"] += 1
+            self._recv_state = recv_state
+        send_state = internals.crypto_state(quic, send=True)
+        if send_state != self._send_state:
+            suite, secret, phase = send_state
+            key, iv = internals.derive_key_iv(self._secrets, secret)
+            self._send_keys = fp.QuicKeys(suite, key, iv, self._hp[1], key_phase=phase)
+            if self._send_state is not None:
+                self.stats["reinstalls"] += 1
+            self._send_state = send_state
+        self._largest_pn = max(self._largest_pn, internals.largest_received(quic))
+        self.host_cids = internals.host_cids(quic)
+        self._peer_cid = internals.peer_cid(quic)
+        self._peer_addr = internals.active_peer_address(quic)
+        return True
+
+    # -- receive ---------------------------------------------------------------------
+
+    def bind(self, prefix: bytes, sink: Callable[[PacketBatch], None]) -> None:
+        """Send the IP packets of the HTTP Datagrams starting with ``prefix`` to ``sink``.
+
+        ``prefix`` is one session's framing (quarter stream ID, context ID 0): C
+        writes those packets straight into a batch that ``sink`` gets at the end
+        of each receive batch. Other datagrams still go to ``deliver`` one by one.
+        """
+        self.flush()
+        self._rx_prefix, self._rx_sink = prefix, sink
+
+    def unbind(self) -> None:
+        self.flush()
+        self._rx_prefix, self._rx_sink = b"\xff", None
+
+    def flush(self) -> None:
+        """Hand the bound session's packets received so far to its sink."""
+        rx = self._rx
+        if rx.count:
+            if self._rx_sink is not None:
+                self._rx_sink(rx)
+            rx.clear()
+
+    def receive(self, data: bytes, addr: Address) -> bool:
+        """Consume ``data`` if it is a lane packet; False: aioquic must have it (unchanged)."""
+        keys = self._recv_keys
+        if keys is None or addr != self._peer_addr:
+            return False
+        rx = self._rx
+        if rx.count > RX_SLOTS - RX_HEADROOM_SLOTS:
+            self.flush()
+        before = rx.count
+        result = self._fp.quic_lane_receive(
+            keys, data, self.cid_length, self._largest_pn, self._max_frame, rx, self._rx_prefix
+        )
+        if result is None:
+            self.stats["handed_to_aioquic"] += 1
+            return False
+        pn, eliciting, ack, others = result
+        if pn in self._received_set or internals.is_duplicate(self.quic, pn):
+            rx.count = before  # a replay: nothing of it is delivered
+            self.stats["duplicates"] += 1
+            return True
+        self._received.append(pn)
+        self._received_set.add(pn)
+        if pn > self._largest_pn:
+            self._largest_pn = pn
+        if eliciting:
+            self._ack_eliciting = True
+        if ack is not None:
+            self._acks.append((ack[1], ack[2]))  # (encoded delay, ranges)
+        stats = self.stats
+        stats["received"] += 1
+        stats["datagrams_received"] += rx.count - before + len(others)
+        if others:
+            deliver = self._deliver
+            for payload in others:
+                deliver(payload)
+        return True
+
+    def end_batch(self, now: float) -> bool:
+        """Deliver this batch's packets and tell aioquic what C received; True if any."""
+        self.flush()
+        if not self._received and not self._acks:
+            return False
+        internals.record_received(self.quic, self._received, self._ack_eliciting, now)
+        for delay, ranges in self._acks:
+            internals.ack_received(self.quic, ranges, delay, now)
+        self._received.clear()
+        self._received_set.clear()
+        self._acks.clear()
+        self._ack_eliciting = False
+        self._largest_pn = max(self._largest_pn, internals.largest_received(self.quic))
+        return True
+
+    # -- send ------------------------------------------------------------------------
+
+    def send(self, batch: PacketBatch, indices: list[int], payload_prefix: bytes) -> int:
+        """Protect packets ``indices`` of ``batch`` as DATAGRAM frames and queue them.
+
+        ``payload_prefix`` is the HTTP Datagram framing (quarter stream ID and
+        context ID). Returns how many were sent (the rest were refused: window),
+        or -1 when the lane cannot send now and the caller should use aioquic.
+        """
+        keys, addr = self._send_keys, self._peer_addr
+        if keys is None or addr is None:
+            return -1  # path not validated yet (migration): aioquic sends meanwhile
+        if not indices:
+            return 0
+        quic = self.quic
+        in_flight = internals.next_packet_number(quic) - internals.largest_acked(quic)
+        room = MAX_IN_FLIGHT - in_flight
+        if room < len(indices):
+            self.stats["window_full"] += len(indices) - max(room, 0)
+            if room <= 0:
+                return 0
+            indices = indices[:room]
+        tx = self._tx
+        tx.clear()
+        for i in indices[: tx.slots]:
+            tx.append(batch.view(i))
+        count = len(tx)
+        ack = internals.ack_due(quic, time.monotonic())
+        pn = internals.reserve_packet_numbers(quic, count)
+        done: int
+        if ack is not None:
+            ranges, delay = ack
+            done = self._fp.quic_protect_batch(
+                keys,
+                tx,
+                self._peer_cid,
+                pn,
+                internals.largest_acked(quic),
+                datagram=True,
+                payload_prefix=payload_prefix,
+                ack_ranges=ranges,
+                ack_delay=delay,
+            )
+            if done:
+                internals.ack_sent(quic)
+                self.stats["acks_sent"] += 1
+        else:
+            done = self._fp.quic_protect_batch(
+                keys,
+                tx,
+                self._peer_cid,
+                pn,
+                internals.largest_acked(quic),
+                datagram=True,
+                payload_prefix=payload_prefix,
+            )
+        send = self._send
+        for packet in self._fp.batch_packets(tx)[:done]:
+            send(packet, addr)
+        self.stats["sent"] += done
+        return done
+
+
+class LaneTable:
+    """Every installed lane of a process, by the connection IDs its packets carry."""
+
+    def __init__(self) -> None:
+        self._by_cid: dict[bytes, DatagramLane] = {}
+        self._lanes: dict[int, DatagramLane] = {}
+        self.cid_length = 0
+        self.touched: set[DatagramLane] = set()
+        #: Counters of lanes removed since start (live ones are in each lane's stats).
+        self.retired = dict.fromkeys(LANE_STATS, 0)
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._lanes.values()))
+
+    def add(self, lane: DatagramLane) -> None:
+        self._lanes[id(lane)] = lane
+        self.cid_length = lane.cid_length
+        self.index(lane)
+
+    def index(self, lane: DatagramLane) -> None:
+        """Refresh ``lane``'s CIDs in the table (after :meth:`DatagramLane.refresh`)."""
+        for cid in [c for c, owner in self._by_cid.items() if owner is lane]:
+            if cid not in lane.host_cids:
+                del self._by_cid[cid]
+        for cid in lane.host_cids:
+            self._by_cid[cid] = lane
+
+    def remove(self, lane: DatagramLane) -> None:
+        if self._lanes.pop(id(lane), None) is not None:
+            for stat, value in lane.stats.items():
+                self.retired[stat] += value
+        for cid in lane.host_cids:
+            if self._by_cid.get(cid) is lane:
+                del self._by_cid[cid]
+        self.touched.discard(lane)
+
+    def intercept(self, data: bytes, addr: Address) -> bool:
+        """The endpoint's filter: True when a lane consumed the datagram."""
+        n = self.cid_length
+        if not n or len(data) < n + 18 or data[0] & 0xC0 != 0x40:
+            return False  # empty table, long header, or too short for a lane packet
+        lane = self._by_cid.get(data[1 : 1 + n])
+        if lane is None:
+            return False
+        self.touched.add(lane)
+        return lane.receive(data, addr)
+
+    def end_batch(self, now: float) -> list[DatagramLane]:
+        """Sync every lane that received this batch; those that did (their ACKs are due)."""
+        synced = [lane for lane in self.touched if lane.end_batch(now)]
+        self.touched.clear()
+        return synced
