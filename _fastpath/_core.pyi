@@ -321,7 +321,7 @@ def quic_lane_receive(
     largest_pn: int,
     max_datagram_frame_size: int | None,
     out: PacketBatch,
-    prefix: Buffer,
+    prefix: Buffer | None,
 ) -> (
     tuple[
         int,

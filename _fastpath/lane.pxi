@@ -429,7 +429,7 @@ LANE_MAX_DATAGRAM = 2048
 
 def quic_lane_receive(QuicKeys keys not None, const uint8_t[::1] datagram not None,
                       Py_ssize_t dcid_len, int64_t largest_pn, max_datagram_frame_size,
-                      PacketBatch out not None, const uint8_t[::1] prefix not None):
+                      PacketBatch out not None, prefix):
     """The lane's receive path for one UDP payload, in one C call.
 
     Unprotects a copy of ``datagram`` (the original is never touched) and walks
@@ -438,7 +438,8 @@ def quic_lane_receive(QuicKeys keys not None, const uint8_t[::1] datagram not No
     frame, or breaks the protocol — aioquic must have the original bytes.
     Otherwise every DATAGRAM payload that starts with ``prefix`` (one session's
     HTTP Datagram framing: quarter stream ID and context ID 0) is appended to
-    ``out`` without the prefix — straight into a slot, no Python object — and
+    ``out`` without the prefix — straight into a slot, no Python object (with
+    ``prefix`` None, nothing is: every payload comes back in ``others``) — and
     the result is ``(packet_number, ack_eliciting, ack, others)``: ``ack`` as in
     :func:`parse_lane_frames` or None, ``others`` the payloads that did not
     match the prefix or did not fit ``out`` (a list, possibly empty).
@@ -453,8 +454,10 @@ def quic_lane_receive(QuicKeys keys not None, const uint8_t[::1] datagram not No
     cdef masque_quic_rx rx
     cdef masque_quic_frames fr
     cdef int rc
-    cdef size_t plen = <size_t>prefix.shape[0]
-    cdef const uint8_t *pre = _quic_ptr(prefix)
+    cdef bint match = prefix is not None
+    cdef const uint8_t[::1] pview = prefix if match else b""
+    cdef size_t plen = <size_t>pview.shape[0]
+    cdef const uint8_t *pre = _quic_ptr(pview)
     cdef const uint8_t *payload
     cdef const uint8_t *d
     cdef uint32_t i, dlen
@@ -470,7 +473,7 @@ def quic_lane_receive(QuicKeys keys not None, const uint8_t[::1] datagram not No
     for i in range(fr.ndatagrams):
         d = payload + fr.datagrams[i].off
         dlen = fr.datagrams[i].len
-        if (dlen >= plen and (plen == 0 or memcmp(d, pre, plen) == 0)
+        if (match and dlen >= plen and (plen == 0 or memcmp(d, pre, plen) == 0)
                 and out.b.count < out.b.slots and dlen - plen <= out.b.slot_size):
             memcpy(masque_batch_packet(&out.b, out.b.count), d + plen, dlen - plen)
             out.b.lens[out.b.count] = dlen - plen

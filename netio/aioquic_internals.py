@@ -162,13 +162,14 @@ LANE_CONNECTION_ATTRIBUTES = (
     "_handshake_confirmed",  # keys may be used by the lane only after this
     "_state",  # QuicConnectionState: the lane runs while CONNECTED
     "_configuration",  # connection_id_length, max_datagram_frame_size
+    "_version",  # QUIC version: part of the key schedule's labels
 )
 LANE_SPACE_ATTRIBUTES = (
     "ack_at",
     "ack_queue",
     "largest_received_packet",
     "largest_received_time",
-    "received_packets",
+    "received_packets",  # the duplicate window (RFC 9000 §12.3)
     "expected_packet_number",
     "largest_acked_packet",
     "discarded",
@@ -296,6 +297,11 @@ def largest_received(quic: QuicConnection) -> int:
 
 def is_duplicate(quic: QuicConnection, packet_number: int) -> bool:
     return packet_number in _application_space(quic).received_packets
+
+
+def mark_received(quic: QuicConnection, packet_number: int) -> None:
+    """Enter a packet number in aioquic's duplicate window right away."""
+    _application_space(quic).received_packets.add(packet_number)
 
 
 def record_received(

@@ -46,6 +46,15 @@ Address = tuple[Any, ...]
 
 #: Unacknowledged packets the lane allows itself before it refuses to send more.
 MAX_IN_FLIGHT = 8192
+#: Pacing (RFC 9484 §10 lets datagram-only packets skip congestion control, not
+#: flood): the lane sends at most PACING_GAIN times the packet rate the peer's
+#: ACKs showed delivered over the last sample (at least PACING_FLOOR_PPS), in
+#: bursts of at most PACING_BURST packets. A sender that outruns the path is held
+#: to a small multiple of what actually arrives; the excess is dropped, counted.
+PACING_GAIN = 2.0
+PACING_FLOOR_PPS = 10_000.0
+PACING_BURST = 512.0
+PACING_SAMPLE_S = 0.005
 #: Bytes in front of each slot for the short header, DATAGRAM frame and HTTP framing.
 LANE_HEADROOM = 64
 #: Slots of the receive batch, and how many are kept free for one packet's datagrams.
@@ -59,6 +68,7 @@ LANE_STATS = (
     "duplicates",
     "sent",
     "window_full",  # packets refused: MAX_IN_FLIGHT unacknowledged
+    "paced",  # packets refused: above the pacing rate
     "acks_sent",  # ACK frames the lane piggybacked on its own packets
     "reinstalls",  # key update, CID or path change picked up from aioquic
 )
@@ -99,7 +109,7 @@ class DatagramLane:
         self._tx: PacketBatch = module.PacketBatch(128, 2048, LANE_HEADROOM)
         # IP packets of the bound session, written by C straight into slots (see bind()).
         self._rx: PacketBatch = module.PacketBatch(RX_SLOTS, 2048, 0)
-        self._rx_prefix = b"\xff"  # no session bound: matches no HTTP Datagram
+        self._rx_prefix: bytes | None = None  # no session bound: every datagram to deliver
         self._rx_sink: Callable[[PacketBatch], None] | None = None
         # This batch's consumed packet numbers (and whether any asked for an ACK), ACKs seen.
         self._received: list[int] = []
@@ -108,6 +118,13 @@ class DatagramLane:
         self._acks: list[tuple[int, tuple[tuple[int, int], ...]]] = []
         self._largest_pn = -1
         self.stats = dict.fromkeys(LANE_STATS, 0)
+        # Pacing state: a token bucket (packets) refilled at the learned rate.
+        now = time.monotonic()
+        self.pacing_pps = PACING_FLOOR_PPS
+        self._tokens = PACING_BURST
+        self._tokens_at = now
+        self._sample_at = now
+        self._sample_acked = internals.largest_acked(quic)
         self.refresh()
 
     @classmethod
@@ -123,6 +140,8 @@ class DatagramLane:
         secrets = internals.one_rtt_secrets(quic)
         if secrets is None or not internals.lane_ready(quic):
             return None
+        if internals.local_max_datagram_frame_size(quic) is None:
+            return None  # we never offered DATAGRAM frames: the peer may not send them
         lane = cls(quic, secrets, send=send, deliver=deliver, owner=owner)
         log.info(
             "datagram lane installed (cipher suite 0x%04x, CID length %d)",
@@ -156,9 +175,14 @@ class DatagramLane:
                 self.stats["reinstalls"] += 1
             self._send_state = send_state
         self._largest_pn = max(self._largest_pn, internals.largest_received(quic))
-        self.host_cids = internals.host_cids(quic)
-        self._peer_cid = internals.peer_cid(quic)
-        self._peer_addr = internals.active_peer_address(quic)
+        host_cids = internals.host_cids(quic)
+        peer = internals.peer_cid(quic)
+        addr = internals.active_peer_address(quic)
+        if self._peer_cid and (
+            host_cids != self.host_cids or peer != self._peer_cid or addr != self._peer_addr
+        ):
+            self.stats["reinstalls"] += 1
+        self.host_cids, self._peer_cid, self._peer_addr = host_cids, peer, addr
         return True
 
     # -- receive ---------------------------------------------------------------------
@@ -175,7 +199,7 @@ class DatagramLane:
 
     def unbind(self) -> None:
         self.flush()
-        self._rx_prefix, self._rx_sink = b"\xff", None
+        self._rx_prefix, self._rx_sink = None, None
 
     def flush(self) -> None:
         """Hand the bound session's packets received so far to its sink."""
@@ -188,7 +212,11 @@ class DatagramLane:
     def receive(self, data: bytes, addr: Address) -> bool:
         """Consume ``data`` if it is a lane packet; False: aioquic must have it (unchanged)."""
         keys = self._recv_keys
-        if keys is None or addr != self._peer_addr:
+        if keys is None:
+            return False
+        if addr != self._peer_addr:
+            # A new address (rebinding, migration): aioquic validates the path first.
+            self.stats["handed_to_aioquic"] += 1
             return False
         rx = self._rx
         if rx.count > RX_SLOTS - RX_HEADROOM_SLOTS:
@@ -205,6 +233,9 @@ class DatagramLane:
             rx.count = before  # a replay: nothing of it is delivered
             self.stats["duplicates"] += 1
             return True
+        # At once, not at end_batch: a copy handed to aioquic later in this batch
+        # (another address, coalesced behind junk) is a duplicate there too.
+        internals.mark_received(self.quic, pn)
         self._received.append(pn)
         self._received_set.add(pn)
         if pn > self._largest_pn:
@@ -230,6 +261,8 @@ class DatagramLane:
         internals.record_received(self.quic, self._received, self._ack_eliciting, now)
         for delay, ranges in self._acks:
             internals.ack_received(self.quic, ranges, delay, now)
+        if self._acks:
+            self._learn_rate()
         self._received.clear()
         self._received_set.clear()
         self._acks.clear()
@@ -238,6 +271,28 @@ class DatagramLane:
         return True
 
     # -- send ------------------------------------------------------------------------
+
+    def _learn_rate(self) -> None:
+        """Pacing rate from the packets the peer acknowledged over the last sample."""
+        now = time.monotonic()
+        elapsed = now - self._sample_at
+        if elapsed < PACING_SAMPLE_S:
+            return
+        acked = internals.largest_acked(self.quic)
+        delivered = max(acked - self._sample_acked, 0) / elapsed
+        self.pacing_pps = max(PACING_FLOOR_PPS, PACING_GAIN * delivered)
+        self._sample_at, self._sample_acked = now, acked
+
+    def _pace(self, wanted: int) -> int:
+        """How many of ``wanted`` packets may go now (tokens taken)."""
+        now = time.monotonic()
+        tokens = min(PACING_BURST, self._tokens + (now - self._tokens_at) * self.pacing_pps)
+        self._tokens_at = now
+        allowed = min(wanted, int(tokens))
+        self._tokens = tokens - allowed
+        if allowed < wanted:
+            self.stats["paced"] += wanted - allowed
+        return allowed
 
     def send(self, batch: PacketBatch, indices: list[int], payload_prefix: bytes) -> int:
         """Protect packets ``indices`` of ``batch`` as DATAGRAM frames and queue them.
@@ -259,6 +314,11 @@ class DatagramLane:
             if room <= 0:
                 return 0
             indices = indices[:room]
+        allowed = self._pace(len(indices))
+        if allowed < len(indices):
+            if not allowed:
+                return 0
+            indices = indices[:allowed]
         tx = self._tx
         tx.clear()
         for i in indices[: tx.slots]:
