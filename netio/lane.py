@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aioquic.quic.connection import QuicConnection
 
@@ -72,6 +72,14 @@ LANE_STATS = (
     "acks_sent",  # ACK frames the lane piggybacked on its own packets
     "reinstalls",  # key update, CID or path change picked up from aioquic
 )
+
+
+class CidObserver(Protocol):
+    """Told when a connection ID starts or stops leading to a lane."""
+
+    def cid_added(self, cid: bytes, lane: DatagramLane) -> None: ...
+
+    def cid_removed(self, cid: bytes) -> None: ...
 
 
 class DatagramLane:
@@ -361,15 +369,21 @@ class DatagramLane:
 
 
 class LaneTable:
-    """Every installed lane of a process, by the connection IDs its packets carry."""
+    """Every installed lane of a process, by the connection IDs its packets carry.
 
-    def __init__(self) -> None:
+    ``cid_observer`` (the relay's XDP front end) hears every CID that starts or
+    stops belonging to a lane, so the kernel's map can follow.
+    """
+
+    def __init__(self, cid_observer: CidObserver | None = None) -> None:
         self._by_cid: dict[bytes, DatagramLane] = {}
         self._lanes: dict[int, DatagramLane] = {}
+        self._cids_of: dict[int, frozenset[bytes]] = {}
         self.cid_length = 0
         self.touched: set[DatagramLane] = set()
         #: Counters of lanes removed since start (live ones are in each lane's stats).
         self.retired = dict.fromkeys(LANE_STATS, 0)
+        self.cid_observer = cid_observer
 
     def __len__(self) -> int:
         return len(self._lanes)
@@ -383,20 +397,31 @@ class LaneTable:
         self.index(lane)
 
     def index(self, lane: DatagramLane) -> None:
-        """Refresh ``lane``'s CIDs in the table (after :meth:`DatagramLane.refresh`)."""
-        for cid in [c for c, owner in self._by_cid.items() if owner is lane]:
-            if cid not in lane.host_cids:
+        """Follow ``lane``'s CIDs (after :meth:`DatagramLane.refresh`): O(its CIDs)."""
+        old = self._cids_of.get(id(lane), frozenset())
+        new = lane.host_cids if id(lane) in self._lanes else frozenset()
+        if old == new:
+            return
+        observer = self.cid_observer
+        for cid in old - new:
+            if self._by_cid.get(cid) is lane:
                 del self._by_cid[cid]
-        for cid in lane.host_cids:
+                if observer is not None:
+                    observer.cid_removed(cid)
+        for cid in new - old:
             self._by_cid[cid] = lane
+            if observer is not None:
+                observer.cid_added(cid, lane)
+        if new:
+            self._cids_of[id(lane)] = new
+        else:
+            self._cids_of.pop(id(lane), None)
 
     def remove(self, lane: DatagramLane) -> None:
         if self._lanes.pop(id(lane), None) is not None:
             for stat, value in lane.stats.items():
                 self.retired[stat] += value
-        for cid in lane.host_cids:
-            if self._by_cid.get(cid) is lane:
-                del self._by_cid[cid]
+        self.index(lane)  # no longer in _lanes: every CID of it goes
         self.touched.discard(lane)
 
     def intercept(self, data: bytes, addr: Address) -> bool:
