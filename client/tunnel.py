@@ -154,7 +154,7 @@ class ClientProtocol(QuicConnectionProtocol):
             if handler is None or handler.dataplane is None or handler.carrier != "datagram":
                 return
             self.lane = DatagramLane.install(
-                self._quic, send=self.endpoint.sendto, deliver=handler.lane_datagram, owner=self
+                self._quic, send=self.endpoint.send_many, deliver=handler.lane_datagram, owner=self
             )
             if self.lane is not None:
                 self.lanes.add(self.lane)

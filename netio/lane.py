@@ -90,7 +90,7 @@ class DatagramLane:
         quic: QuicConnection,
         secrets: internals.OneRttSecrets,
         *,
-        send: Callable[[bytes, Address], None],
+        send: Callable[[list[bytes], Address], None],
         deliver: Callable[[bytes], None],
         owner: Any = None,
     ) -> None:
@@ -121,7 +121,6 @@ class DatagramLane:
         self._rx_sink: Callable[[PacketBatch], None] | None = None
         # This batch's consumed packet numbers (and whether any asked for an ACK), ACKs seen.
         self._received: list[int] = []
-        self._received_set: set[int] = set()
         self._ack_eliciting = False
         self._acks: list[tuple[int, tuple[tuple[int, int], ...]]] = []
         self._largest_pn = -1
@@ -140,7 +139,7 @@ class DatagramLane:
         cls,
         quic: QuicConnection,
         *,
-        send: Callable[[bytes, Address], None],
+        send: Callable[[list[bytes], Address], None],
         deliver: Callable[[bytes], None],
         owner: Any = None,
     ) -> DatagramLane | None:
@@ -183,6 +182,7 @@ class DatagramLane:
                 self.stats["reinstalls"] += 1
             self._send_state = send_state
         self._largest_pn = max(self._largest_pn, internals.largest_received(quic))
+        self._window = internals.duplicate_window(quic)
         host_cids = internals.host_cids(quic)
         peer = internals.peer_cid(quic)
         addr = internals.active_peer_address(quic)
@@ -237,15 +237,16 @@ class DatagramLane:
             self.stats["handed_to_aioquic"] += 1
             return False
         pn, eliciting, ack, others = result
-        if pn in self._received_set or internals.is_duplicate(self.quic, pn):
+        window = self._window
+        if pn in window:
             rx.count = before  # a replay: nothing of it is delivered
             self.stats["duplicates"] += 1
             return True
-        # At once, not at end_batch: a copy handed to aioquic later in this batch
-        # (another address, coalesced behind junk) is a duplicate there too.
-        internals.mark_received(self.quic, pn)
+        # In aioquic's duplicate window at once, not at end_batch: a copy handed to
+        # aioquic later in this batch (another address, coalesced behind junk) is a
+        # duplicate there too.
+        window.add(pn)
         self._received.append(pn)
-        self._received_set.add(pn)
         if pn > self._largest_pn:
             self._largest_pn = pn
         if eliciting:
@@ -272,7 +273,6 @@ class DatagramLane:
         if self._acks:
             self._learn_rate()
         self._received.clear()
-        self._received_set.clear()
         self._acks.clear()
         self._ack_eliciting = False
         self._largest_pn = max(self._largest_pn, internals.largest_received(self.quic))
@@ -361,9 +361,8 @@ class DatagramLane:
                 datagram=True,
                 payload_prefix=payload_prefix,
             )
-        send = self._send
-        for packet in self._fp.batch_packets(tx)[:done]:
-            send(packet, addr)
+        if done:
+            self._send(self._fp.batch_packets(tx)[:done], addr)
         self.stats["sent"] += done
         return done
 

@@ -143,6 +143,7 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
         self._writer_armed = False
         self._closing = False
         self._mapped = sock.family == socket.AF_INET6
+        self._spellings: dict[Address, Address] = {}  # peer address -> how aioquic sees it
         #: Datagrams dropped because the send queue was full.
         self.dropped = 0
         self.received = 0
@@ -165,11 +166,17 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
             self.received += len(batch)
             mapped = self._mapped
             intercept = self._intercept
+            spellings = self._spellings
             for data, addr, _ecn in batch:
-                if mapped and ":" not in addr[0]:
+                if mapped:
                     # One spelling per peer: aioquic compares addresses to notice
                     # path changes, and a dual-stack socket names IPv4 peers mapped.
-                    addr = (f"::ffff:{addr[0]}", addr[1])
+                    spelled = spellings.get(addr)
+                    if spelled is None:
+                        spelled = addr if ":" in addr[0] else (f"::ffff:{addr[0]}", addr[1])
+                        if len(spellings) < 4096:
+                            spellings[addr] = spelled
+                    addr = spelled
                 try:
                     if intercept is not None and intercept(data, addr):
                         continue
@@ -194,6 +201,20 @@ class BatchedUdpEndpoint(asyncio.DatagramTransport):
             self.dropped += 1
             return
         self._out.append((bytes(data), (addr[0], addr[1])))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def send_many(self, packets: list[bytes], addr: Address) -> None:
+        """Queue several datagrams to one peer (the datagram lane's batches)."""
+        if self._closing or not packets:
+            return
+        room = MAX_QUEUED - len(self._out)
+        if room < len(packets):
+            self.dropped += len(packets) - max(room, 0)
+            packets = packets[: max(room, 0)]
+        destination = (addr[0], addr[1])
+        self._out.extend([(packet, destination) for packet in packets])
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)

@@ -176,7 +176,10 @@ class RelayProtocol(QuicConnectionProtocol):
             if self.h3 is None or not self.h3.datagrams_negotiated:
                 return
             self.lane = DatagramLane.install(
-                self._quic, send=self.relay.endpoint.sendto, deliver=self.lane_datagram, owner=self
+                self._quic,
+                send=self.relay.endpoint.send_many,
+                deliver=self.lane_datagram,
+                owner=self,
             )
             if self.lane is not None:
                 lanes.add(self.lane)

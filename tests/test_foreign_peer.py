@@ -107,7 +107,24 @@ def assert_all_replies(run: PeerRun, targets: dict[str, int]) -> None:
     assert int(stats["datagrams_received"]) >= len(replies), run
 
 
+LANE = "masque_relay_lane"
+
+
+def assert_lane_carried(tb: TunnelBed, relay: RelayProcess, before: dict[str, float]) -> None:
+    """With the fast path, qh3's DATAGRAM packets were opened, and ours sealed, in C."""
+    if not tb.fast_path:
+        assert relay.metric(LANE, stat="received") == 0  # no lane without the fast path
+        return
+    for stat in ("received", "sent"):
+        assert relay.metric(LANE, stat=stat) > before[stat], stat
+
+
+def lane_counts(relay: RelayProcess) -> dict[str, float]:
+    return {stat: relay.metric(LANE, stat=stat) for stat in ("received", "sent")}
+
+
 def test_ping_v4_and_v6_over_http_datagrams(tb: TunnelBed, relay: RelayProcess) -> None:
+    lane_before = lane_counts(relay)
     from_client = relay.metric(PACKETS, direction="from_client")
     to_client = relay.metric(PACKETS, direction="to_client")
     count = 5
@@ -122,12 +139,14 @@ def test_ping_v4_and_v6_over_http_datagrams(tb: TunnelBed, relay: RelayProcess) 
     # The packets went through the relay's data path, both ways.
     relay.wait_metric(PACKETS, lambda v: v >= from_client + 2 * count, direction="from_client")
     assert relay.metric(PACKETS, direction="to_client") >= to_client + 2 * count
+    assert_lane_carried(tb, relay, lane_before)
 
 
 @pytest.mark.parametrize(
     "suite", ["AES_128_GCM_SHA256", "AES_256_GCM_SHA384", "CHACHA20_POLY1305_SHA256"]
 )
 def test_each_cipher_suite(tb: TunnelBed, relay: RelayProcess, suite: str) -> None:
+    lane_before = lane_counts(relay)
     from_client = relay.metric(PACKETS, direction="from_client")
     run = run_peer(
         tb, relay, "--cipher-suite", suite, "--ping", str(tb.target_ipv4), "--count", "3"
@@ -135,6 +154,7 @@ def test_each_cipher_suite(tb: TunnelBed, relay: RelayProcess, suite: str) -> No
     assert run.first("connected").fields["cipher"] == suite, run
     assert_all_replies(run, {str(tb.target_ipv4): 3})
     relay.wait_metric(PACKETS, lambda v: v >= from_client + 3, direction="from_client")
+    assert_lane_carried(tb, relay, lane_before)
 
 
 def test_quic_version_2(tb: TunnelBed, relay: RelayProcess) -> None:

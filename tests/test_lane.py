@@ -100,8 +100,8 @@ class Peer:
             self.table.add(lane)
         return lane
 
-    def _send(self, data: bytes, addr: Address) -> None:
-        self.wire.append((bytes(data), addr))
+    def _send(self, packets: list[bytes], addr: Address) -> None:
+        self.wire.extend((bytes(data), addr) for data in packets)
 
     @property
     def the_lane(self) -> DatagramLane:
