@@ -312,18 +312,29 @@ def duplicate_window(quic: QuicConnection) -> Any:
 def record_received(
     quic: QuicConnection, packet_numbers: list[int], ack_eliciting: bool, now: float
 ) -> None:
-    """What aioquic does at the end of ``_receive_datagram`` for each packet, for a batch."""
+    """What aioquic does at the end of ``_receive_datagram`` for each packet, for a batch.
+
+    The duplicate window is not touched: the lane enters each number there the
+    moment it consumes the packet (:func:`duplicate_window`).
+    """
     space = _application_space(quic)
-    if space.discarded:
+    if space.discarded or not packet_numbers:
         return
-    for pn in packet_numbers:
-        if pn > space.largest_received_packet:
-            space.largest_received_packet = pn
-            space.largest_received_time = now
-        if pn >= space.expected_packet_number:
-            space.expected_packet_number = pn + 1
-        space.ack_queue.add(pn)
-        space.received_packets.add(pn)
+    largest = max(packet_numbers)
+    if largest > space.largest_received_packet:
+        space.largest_received_packet = largest
+        space.largest_received_time = now
+    if largest >= space.expected_packet_number:
+        space.expected_packet_number = largest + 1
+    # One RangeSet insertion per run of consecutive numbers (usually the whole batch).
+    ordered = sorted(packet_numbers)
+    start = previous = ordered[0]
+    for pn in ordered[1:]:
+        if pn != previous + 1:
+            space.ack_queue.add(start, previous + 1)
+            start = pn
+        previous = pn
+    space.ack_queue.add(start, previous + 1)
     while len(space.ack_queue) > MAX_ACK_RANGES:
         space.ack_queue.shift()
     if ack_eliciting and space.ack_at is None:
