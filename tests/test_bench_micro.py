@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+import _fastpath
 from bench.micro.corpus import PACKETS
-from bench.micro.ops import OPERATIONS
+from bench.micro.ops import OPERATIONS, CheckRouted
 from bench.micro.report import Row, rows, table
 
 ROOT = Path(__file__).resolve().parent.parent
-_ROOT_ONLY = {"tun_write", "tun_read"}
+_ROOT_ONLY = {"tun_write", "tun_write_gro", "tun_read", "tun_read_batch"}
 QUIET = ("-q", "-p", "no:cacheprovider")
 
 
@@ -79,3 +80,12 @@ def test_report_table_from_benchmark_json() -> None:
     text = table(found)
     assert text.splitlines()[0] == "| operation | C packets/s | Python packets/s | speed-up |"
     assert "| checksum | 1 M | 100 k | 10.0x |" in text
+
+
+def test_check_routed_checks_each_packet_against_its_own_session() -> None:
+    """The interleaving matters: half the packets are refused by the other session."""
+    with CheckRouted() as op:
+        assert op.once("c") == [0] * PACKETS
+        one_session = list(_fastpath.check_routed_batch(op.batch, [1] * PACKETS, op.policies))
+    assert one_session[0::2] == [0] * (PACKETS // 2)
+    assert all(one_session[1::2])

@@ -1,4 +1,4 @@
-"""Benchmark inputs: 64 realistic packets, a relay session and table, TSO frames.
+"""Benchmark inputs: 64 realistic packets, relay sessions and a table, TSO frames.
 
 Every packet is 1280 bytes (the IPv6 minimum MTU, a typical tunnel MTU), a mix
 of IPv4/IPv6 TCP/UDP with valid IP and transport checksums, built here with
@@ -32,6 +32,11 @@ KINDS = ((4, TCP), (4, UDP), (6, TCP), (6, UDP))
 #: The client's assigned addresses (the relay session's peer addresses).
 CLIENT_V4 = IPv4Address("192.0.2.11")
 CLIENT_V6 = IPv6Address("2001:db8::11")
+#: A second client's, for the batches of two sessions (:func:`routed`).
+CLIENT2_V4 = IPv4Address("192.0.2.12")
+CLIENT2_V6 = IPv6Address("2001:db8::12")
+
+Client = tuple[IPv4Address, IPv6Address]
 
 _PATTERN = bytes(range(256))
 
@@ -96,14 +101,14 @@ def _remote(version: int, i: int) -> IPv4Address | IPv6Address:
     return IPv6Address(f"2001:db8:ffff::{1 + i:x}")
 
 
-def _client(version: int) -> IPv4Address | IPv6Address:
-    return CLIENT_V4 if version == 4 else CLIENT_V6
+def _client(version: int, client: Client = (CLIENT_V4, CLIENT_V6)) -> IPv4Address | IPv6Address:
+    return client[0] if version == 4 else client[1]
 
 
-def from_client() -> list[bytes]:
+def from_client(client: Client = (CLIENT_V4, CLIENT_V6)) -> list[bytes]:
     """What a client sends: from its assigned address to the Internet."""
     return [
-        ip_packet(_client(v), _remote(v, i), proto, i)
+        ip_packet(_client(v, client), _remote(v, i), proto, i)
         for i, (v, proto) in ((i, KINDS[i % 4]) for i in range(PACKETS))
     ]
 
@@ -116,8 +121,9 @@ def to_client() -> list[bytes]:
     ]
 
 
-def relay_session() -> ConnectIpSession:
-    """The relay's end of a full-tunnel session (client got CLIENT_V4/32 and CLIENT_V6/128)."""
+def relay_session(client_addresses: Client = (CLIENT_V4, CLIENT_V6)) -> ConnectIpSession:
+    """The relay's end of a full-tunnel session; the client got its addresses as /32, /128."""
+    v4, v6 = client_addresses
     client = ConnectIpSession(Role.CLIENT)
     relay = ConnectIpSession(Role.RELAY)
     full = sort_ranges(
@@ -129,13 +135,64 @@ def relay_session() -> ConnectIpSession:
     client.receive_capsule_data(
         relay.assign_addresses(
             [
-                AssignedAddress(0, IPv4Network(f"{CLIENT_V4}/32")),
-                AssignedAddress(0, IPv6Network(f"{CLIENT_V6}/128")),
+                AssignedAddress(0, IPv4Network(f"{v4}/32")),
+                AssignedAddress(0, IPv6Network(f"{v6}/128")),
             ]
         )
         + relay.advertise_routes(full)
     )
     return relay
+
+
+def routed() -> tuple[dict[int, ConnectIpSession], list[tuple[int, bytes]]]:
+    """Two full-tunnel sessions (ids 1, 2) and 64 client packets, theirs alternately.
+
+    Packet ``i`` is packet ``i`` of :func:`from_client` of session ``1 + i % 2``'s
+    client: what the relay's receive loop gathers from two clients in one batch.
+    """
+    sessions = {1: relay_session(), 2: relay_session((CLIENT2_V4, CLIENT2_V6))}
+    packets = {1: from_client(), 2: from_client((CLIENT2_V4, CLIENT2_V6))}
+    return sessions, [(1 + i % 2, packets[1 + i % 2][i]) for i in range(PACKETS)]
+
+
+# -- one TCP flow ---------------------------------------------------------------------
+
+
+def tcp_flow(
+    src: IPv4Address, dst: IPv4Address, sport: int, dport: int, seq: int, ack: int
+) -> list[bytes]:
+    """64 consecutive IPv4 TCP segments of PACKET_SIZE bytes of one flow, checksums valid.
+
+    Sequence numbers from ``seq`` on, PACKET_SIZE - 40 payload bytes each, ACK on
+    every segment and PSH on the last: a bulk transfer a GRO engine coalesces.
+    """
+    mss = PACKET_SIZE - 40
+    packets = []
+    for i in range(PACKETS):
+        flags = 0x18 if i == PACKETS - 1 else 0x10  # ACK|PSH, ACK
+        head = struct.pack(
+            "!HHIIBBHHH",
+            sport,
+            dport,
+            (seq + i * mss) & 0xFFFFFFFF,
+            ack,
+            5 << 4,
+            flags,
+            65535,
+            0,
+            0,
+        )
+        segment = bytearray(head + payload(i, mss))
+        csum = internet_checksum(segment, pseudo_sum(src.packed, dst.packed, TCP, len(segment)))
+        struct.pack_into("!H", segment, 16, csum)
+        ip = bytearray(
+            struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, PACKET_SIZE, i, 0x4000, 64, TCP, 0, src.packed, dst.packed
+            )
+        )
+        struct.pack_into("!H", ip, 10, internet_checksum(ip))
+        packets.append(bytes(ip) + bytes(segment))
+    return packets
 
 
 # -- the relay's session table ---------------------------------------------------------

@@ -4,9 +4,10 @@ An :class:`Operation` processes one batch of :data:`~bench.micro.corpus.PACKETS`
 packets per call of :meth:`~Operation.run_c` / :meth:`~Operation.run_python`.
 Inputs are built once, outside the timing, in the shape each implementation
 takes them (a filled ``PacketBatch`` for C, a list of ``bytes`` for Python).
-Operations whose round changes state (TTLs decremented in place, datagrams
-queued in a socket or TUN) are ``stateful``: an untimed ``prepare_*`` restores
-the starting point before every round. ``outcome_*`` turn a round's result
+Operations whose round changes state (TTLs decremented or packets protected in
+place, datagrams queued in a socket or TUN, a TCP connection's sequence space)
+are ``stateful``: an untimed ``prepare_*`` restores the starting point before
+every round. ``outcome_*`` turn a round's result
 into something comparable, so C and Python can be checked for equal results
 (tests/test_bench_micro.py) on exactly the inputs that are timed.
 """
@@ -21,13 +22,18 @@ import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from types import TracebackType
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Self
+
+from aioquic.quic.crypto import CryptoContext, CryptoPair, derive_key_iv_hp
+from aioquic.quic.packet import QuicProtocolVersion
+from aioquic.tls import CipherSuite
 
 import _fastpath
 from bench.micro import corpus
 from bench.micro.corpus import PACKETS
 from masque import ippacket
 from masque.errors import PacketError
+from netio.h3 import datagram_prefix
 from netio.netlink import Netlink
 from netio.sysctl import write_sysctl
 from netio.tun import TunDevice
@@ -85,7 +91,7 @@ class Operation:
         result = run()
         return self.outcome_c(result) if impl == "c" else self.outcome_python(result)
 
-    def __enter__(self) -> Operation:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -302,6 +308,199 @@ class VnetSplit(Operation):
     def run_python(self) -> object:
         split = corpus.python_vnet_split
         return [p for frame in self.frames for p in split(frame)]
+
+
+class CheckRouted(Operation):
+    name = "check_routed"
+    description = (
+        "check_incoming on a batch of 2 sessions' packets, interleaved, each against "
+        "its own session (C: session ids + policies; Python: session picked per packet)"
+    )
+
+    def __init__(self) -> None:
+        self.sessions, self.routed = corpus.routed()
+        self.sids = [sid for sid, _ in self.routed]
+        self.batch = _batch([packet for _, packet in self.routed])
+        self.policies = {sid: _fastpath.PacketPolicy(s) for sid, s in self.sessions.items()}
+
+    def run_c(self) -> object:
+        return _fastpath.check_routed_batch(self.batch, self.sids, self.policies)
+
+    def run_python(self) -> object:
+        sessions = self.sessions
+        return [sessions[sid].check_incoming(packet) for sid, packet in self.routed]
+
+    def outcome_c(self, result: object) -> object:
+        assert isinstance(result, bytearray)
+        return list(result)
+
+    def outcome_python(self, result: object) -> object:
+        assert isinstance(result, list)
+        return [int(v) for v in result]
+
+
+#: The CONNECT-IP request stream of the framing and QUIC benchmarks.
+_STREAM_ID = 4
+
+
+class FrameDatagrams(Operation):
+    name = "frame_datagrams"
+    description = (
+        "HTTP Datagram framing (quarter stream ID, context ID) of each packet "
+        "(C: written into the headroom, one copy; Python: prefix + packet, bytes)"
+    )
+
+    def __init__(self) -> None:
+        self.packets = corpus.to_client()
+        self.batch = _batch(self.packets)
+        self.indices = list(range(PACKETS))
+        self.prefix = datagram_prefix(_STREAM_ID)
+
+    def run_c(self) -> object:
+        return _fastpath.frame_datagrams(self.batch, self.indices, self.prefix)
+
+    def run_python(self) -> object:
+        prefix = self.prefix
+        return [prefix + packet for packet in self.packets]
+
+
+# -- QUIC datagram lane ------------------------------------------------------------------
+
+_QUIC_SUITE = CipherSuite.AES_128_GCM_SHA256
+_QUIC_VERSION = QuicProtocolVersion.VERSION_1
+_QUIC_SECRET = bytes((131 + 7 * i) & 0xFF for i in range(32))  # a 1-RTT traffic secret
+_QUIC_DCID = bytes.fromhex("0011223344556677")
+_QUIC_FIRST_PN = 1000
+#: Packet numbers 1000..1063 after 700 was acknowledged take 2 bytes (RFC 9000
+#: A.2), the size aioquic always sends.
+_QUIC_LARGEST_ACKED = 700
+_QUIC_PN_LEN = 2
+_DATAGRAM_FRAME = 0x30  # DATAGRAM without a length: to the end of the packet
+
+
+def _quic_keys() -> _fastpath.QuicKeys:
+    """The lane's keys: aioquic's derive_key_iv_hp of the secret, as netio.lane installs them."""
+    key, iv, hp = derive_key_iv_hp(
+        cipher_suite=_QUIC_SUITE, secret=_QUIC_SECRET, version=_QUIC_VERSION
+    )
+    return _fastpath.QuicKeys(int(_QUIC_SUITE), key, iv, hp)
+
+
+def _crypto_pair() -> CryptoPair:
+    """aioquic's packet protection with the same secret both ways."""
+    pair = CryptoPair()
+    for context in (pair.send, pair.recv):
+        context.setup(cipher_suite=_QUIC_SUITE, secret=_QUIC_SECRET, version=_QUIC_VERSION)
+    return pair
+
+
+def _aioquic_protect(send: CryptoContext, frame: bytes, packets: list[bytes]) -> list[bytes]:
+    """One 1-RTT short-header packet per IP packet (``frame`` + packet), by aioquic."""
+    encrypt = send.encrypt_packet
+    head = bytes([0x40 | (_QUIC_PN_LEN - 1)]) + _QUIC_DCID  # fixed bit, key phase 0
+    out = []
+    pn = _QUIC_FIRST_PN
+    for packet in packets:
+        out.append(encrypt(head + (pn & 0xFFFF).to_bytes(2, "big"), frame + packet, pn))
+        pn += 1
+    return out
+
+
+class QuicProtect(Operation):
+    name = "quic_protect"
+    description = (
+        "64 IP packets as DATAGRAM frames in 1-RTT packets of 1310 bytes, AES-128-GCM "
+        "(C: quic_protect_batch in place; Python: aioquic CryptoContext.encrypt_packet)"
+    )
+    stateful = True  # C protects the batch in place
+
+    def __init__(self) -> None:
+        self.packets = corpus.to_client()
+        self.prefix = datagram_prefix(_STREAM_ID)
+        self.frame = bytes([_DATAGRAM_FRAME]) + self.prefix
+        self.keys = _quic_keys()
+        self.send = _crypto_pair().send
+        self.batch = _batch(self.packets)
+        pn_len = _fastpath.quic_pn_length(_QUIC_FIRST_PN + PACKETS - 1, _QUIC_LARGEST_ACKED)
+        assert pn_len == _fastpath.quic_pn_length(_QUIC_FIRST_PN, _QUIC_LARGEST_ACKED) == 2
+
+    def prepare_c(self) -> None:
+        for i, packet in enumerate(self.packets):
+            self.batch.set(i, packet)
+
+    def run_c(self) -> object:
+        return _fastpath.quic_protect_batch(
+            self.keys,
+            self.batch,
+            _QUIC_DCID,
+            _QUIC_FIRST_PN,
+            _QUIC_LARGEST_ACKED,
+            datagram=True,
+            payload_prefix=self.prefix,
+        )
+
+    def run_python(self) -> object:
+        return _aioquic_protect(self.send, self.frame, self.packets)
+
+    def outcome_c(self, result: object) -> object:
+        return result, _batch_contents(self.batch)
+
+    def outcome_python(self, result: object) -> object:
+        assert isinstance(result, list)
+        return len(result), result
+
+
+class QuicLaneReceive(Operation):
+    name = "quic_lane_receive"
+    description = (
+        "64 such 1-RTT packets received: C quic_lane_receive per packet (header and "
+        "AEAD unprotected, frames walked, the session's packets into a PacketBatch); "
+        "Python: aioquic CryptoContext.decrypt_packet only (no frame parsing)"
+    )
+    stateful = True  # C appends to the output batch
+
+    def __init__(self) -> None:
+        self.prefix = datagram_prefix(_STREAM_ID)
+        self.frame = bytes([_DATAGRAM_FRAME]) + self.prefix
+        pair = _crypto_pair()
+        self.recv = pair.recv
+        self.datagrams = _aioquic_protect(pair.send, self.frame, corpus.from_client())
+        self.keys = _quic_keys()
+        self.out = _fastpath.PacketBatch(slots=PACKETS, slot_size=2048)
+
+    def prepare_c(self) -> None:
+        self.out.clear()
+
+    def run_c(self) -> object:
+        receive, keys, out, prefix = _fastpath.quic_lane_receive, self.keys, self.out, self.prefix
+        largest = _QUIC_FIRST_PN - 1
+        return [
+            receive(keys, d, len(_QUIC_DCID), largest, None, out, prefix) for d in self.datagrams
+        ]
+
+    def run_python(self) -> object:
+        decrypt = self.recv.decrypt_packet
+        offset, expected = 1 + len(_QUIC_DCID), _QUIC_FIRST_PN
+        return [decrypt(d, offset, expected) for d in self.datagrams]
+
+    def outcome_c(self, result: object) -> object:
+        """(packet number, IP packet) per datagram."""
+        assert isinstance(result, list) and self.out.count == len(result)
+        received = []
+        for i, got in enumerate(result):
+            assert got is not None, f"packet {i} is not the lane's"
+            pn, _eliciting, ack, others = got
+            assert ack is None and others == [], got
+            received.append((pn, bytes(self.out.view(i))))
+        return received
+
+    def outcome_python(self, result: object) -> object:
+        assert isinstance(result, list)
+        received = []
+        for _header, payload, pn, key_update in result:
+            assert payload.startswith(self.frame) and not key_update
+            received.append((pn, payload[len(self.frame) :]))
+        return received
 
 
 # -- I/O -----------------------------------------------------------------------------------
@@ -624,6 +823,159 @@ class TunRead(_TunOperation):
         self.python_end.close()
 
 
+class TunReadBatch(TunRead):
+    name = "tun_read_batch"
+    description = (
+        "tun_read's packets, read into a PacketBatch (C: Tun.read_batch, no Python "
+        "object per packet; Python: the same os.readv loop)"
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch = _fastpath.PacketBatch(slots=PACKETS, slot_size=2048)
+
+    def prepare_c(self) -> None:
+        self.batch.clear()
+        super().prepare_c()
+
+    def run_c(self) -> object:
+        read, batch = self.tun_c.read_batch, self.batch
+        while batch.count < PACKETS:
+            if not read(batch, 0, _TUN_MTU):
+                raise TimeoutError(f"{batch.count} of {PACKETS} packets in the TUN")
+        return batch.count
+
+    def outcome_c(self, result: object) -> object:
+        assert result == PACKETS
+        return _udp_payloads(_batch_contents(self.batch))
+
+
+# TCP_REPAIR (linux/tcp.h; not in the socket module): a connected socket without a
+# handshake, its sequence numbers and receive window set by hand (CAP_NET_ADMIN).
+_TCP_REPAIR, _TCP_REPAIR_QUEUE, _TCP_QUEUE_SEQ, _TCP_REPAIR_WINDOW = 19, 20, 21, 29
+_TCP_RECV_QUEUE, _TCP_SEND_QUEUE = 1, 2
+_FLOW_SEQ, _FLOW_ACK = 1_000_000, 1  # the peer's next sequence number; ours
+_FLOW_PORTS = (5000, 7000)  # the peer's (behind the TUN), the local socket's
+_FLOW_WINDOW = 1 << 20  # receive window: the whole round fits
+_MSS = corpus.PACKET_SIZE - 40
+
+
+def _repaired_connection(local: IPv4Address, peer: IPv4Address) -> socket.socket:
+    """A local TCP socket established with ``peer`` (behind a TUN), expecting _FLOW_SEQ.
+
+    Made in repair mode: no packet is exchanged, the same 4-tuple and sequence
+    numbers serve every round, and the window takes a whole round's segments.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR_QUEUE, _TCP_RECV_QUEUE)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUEUE_SEQ, _FLOW_SEQ)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR_QUEUE, _TCP_SEND_QUEUE)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUEUE_SEQ, _FLOW_ACK)
+        sock.bind((str(local), _FLOW_PORTS[1]))
+        sock.connect((str(peer), _FLOW_PORTS[0]))
+        # snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
+        window = struct.pack("=5I", _FLOW_SEQ, 65535, 65535, _FLOW_WINDOW, _FLOW_SEQ)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR_WINDOW, window)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 0)
+    except BaseException:
+        _drop_connection(sock)
+        raise
+    return sock
+
+
+def _drop_connection(sock: socket.socket) -> None:
+    """Close without a FIN or RST (and without TIME_WAIT): back into repair mode first."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 1)
+    sock.close()
+
+
+def _recv_stream(sock: socket.socket, size: int) -> bytes:
+    sock.settimeout(2.0)
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError(f"{len(data)} of {size} bytes before the end")
+        data += chunk
+    return bytes(data)
+
+
+class TunWriteGro(_TunOperation):
+    name = "tun_write_gro"
+    description = (
+        "64 consecutive TCP segments of 1280 bytes of one flow into a TUN, delivered to "
+        "a local TCP socket (C: Tun.write_batch, coalesced into 2 GSO frames; "
+        "Python: one os.write each)"
+    )
+    stateful = True
+
+    def __init__(self) -> None:
+        self.connections: dict[Impl, socket.socket] = {}
+        self.python_end, self.c_end = _tun_pair()
+        try:
+            peer_port, local_port = _FLOW_PORTS
+            self.packets: dict[Impl, list[bytes]] = {
+                impl: corpus.tcp_flow(
+                    end.peer, end.local, peer_port, local_port, _FLOW_SEQ, _FLOW_ACK
+                )
+                for impl, end in self._ends()
+            }
+            self.batch = _batch(self.packets["c"])
+            compiled = self.c_end.device.compiled
+            assert compiled is not None
+            self.tun_c = compiled
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, impl: Impl, end: _TunEnd) -> None:
+        """A fresh connection expecting the flow's first segment; the TUN drained."""
+        old = self.connections.pop(impl, None)
+        if old is not None:
+            _drop_connection(old)
+        end.read_all()  # the last round's ACKs
+        self.connections[impl] = _repaired_connection(end.local, end.peer)
+
+    def prepare_c(self) -> None:
+        self._connect("c", self.c_end)
+
+    def prepare_python(self) -> None:
+        self._connect("python", self.python_end)
+
+    def run_c(self) -> object:
+        return self.tun_c.write_batch(self.batch)
+
+    def run_python(self) -> object:
+        return self.python_end.device.write_batch(self.packets["python"])
+
+    def _outcome(self, impl: Impl, result: object) -> object:
+        """(packets written, the 64 payloads as the socket received the stream)."""
+        stream = _recv_stream(self.connections[impl], PACKETS * _MSS)
+        return result, [stream[i * _MSS : (i + 1) * _MSS] for i in range(PACKETS)]
+
+    def outcome_c(self, result: object) -> object:
+        stats = self.tun_c.stats
+        assert stats["write_errors"] == 0 and stats["gro_frames"] > 0, stats
+        return self._outcome("c", result)
+
+    def outcome_python(self, result: object) -> object:
+        assert self.python_end.device.write_drops == 0
+        return self._outcome("python", result)
+
+    def close(self) -> None:
+        for sock in self.connections.values():
+            _drop_connection(sock)
+        self.connections.clear()
+        for end in (getattr(self, "c_end", None), getattr(self, "python_end", None)):
+            if end is not None:
+                end.close()
+
+
 #: Every operation, in table order.
 OPERATIONS: dict[str, type[Operation]] = {
     op.name: op
@@ -634,11 +986,17 @@ OPERATIONS: dict[str, type[Operation]] = {
         DecrementTtl,
         CheckIncoming,
         CheckOutgoing,
+        CheckRouted,
         Lookup,
         VnetSplit,
+        FrameDatagrams,
+        QuicProtect,
+        QuicLaneReceive,
         UdpSend,
         UdpRecv,
         TunWrite,
+        TunWriteGro,
         TunRead,
+        TunReadBatch,
     )
 }

@@ -141,7 +141,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=1000,
-        help="rounds of each stateful benchmark (TTL, UDP, TUN); default 1000",
+        help="rounds of each stateful benchmark (TTL, QUIC, UDP, TUN); default 1000",
     )
     parser.add_argument(
         "--out", type=Path, help=f"results directory (default {RESULTS_DIR}/<time>)"

@@ -2,6 +2,7 @@
 
 UDP runs on loopback; TUN needs root (CAP_NET_ADMIN): two devices named
 ``mqbp<pid>`` / ``mqbc<pid>`` exist for the duration of each benchmark.
+``tun_write_gro`` also makes its receiving TCP socket with TCP_REPAIR (CAP_NET_ADMIN).
 """
 
 from __future__ import annotations
@@ -34,7 +35,19 @@ def test_tun_write(benchmark: BenchmarkFixture, impl: Impl) -> None:
     measure(benchmark, ops.TunWrite, impl)
 
 
+@pytest.mark.benchmark(group="tun_write_gro")
+@impl
+def test_tun_write_gro(benchmark: BenchmarkFixture, impl: Impl) -> None:
+    measure(benchmark, ops.TunWriteGro, impl)
+
+
 @pytest.mark.benchmark(group="tun_read")
 @impl
 def test_tun_read(benchmark: BenchmarkFixture, impl: Impl) -> None:
     measure(benchmark, ops.TunRead, impl)
+
+
+@pytest.mark.benchmark(group="tun_read_batch")
+@impl
+def test_tun_read_batch(benchmark: BenchmarkFixture, impl: Impl) -> None:
+    measure(benchmark, ops.TunReadBatch, impl)

@@ -48,6 +48,12 @@ def test_check_outgoing(benchmark: BenchmarkFixture, impl: Impl) -> None:
     measure(benchmark, ops.CheckOutgoing, impl)
 
 
+@pytest.mark.benchmark(group="check_routed")
+@impl
+def test_check_routed(benchmark: BenchmarkFixture, impl: Impl) -> None:
+    measure(benchmark, ops.CheckRouted, impl)
+
+
 @pytest.mark.benchmark(group="lookup")
 @impl
 def test_lookup(benchmark: BenchmarkFixture, impl: Impl) -> None:
@@ -58,3 +64,9 @@ def test_lookup(benchmark: BenchmarkFixture, impl: Impl) -> None:
 @impl
 def test_vnet_split(benchmark: BenchmarkFixture, impl: Impl) -> None:
     measure(benchmark, ops.VnetSplit, impl)
+
+
+@pytest.mark.benchmark(group="frame_datagrams")
+@impl
+def test_frame_datagrams(benchmark: BenchmarkFixture, impl: Impl) -> None:
+    measure(benchmark, ops.FrameDatagrams, impl)
