@@ -19,7 +19,16 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.config import CarrierMode, ConfigError, RelayConfig, load_config, parse_host_port
+from relay.config import (
+    CarrierMode,
+    ConfigError,
+    RelayConfig,
+    XdpMode,
+    interface_name_problem,
+    load_config,
+    parse_host_port,
+    xdp_interface_missing,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-datagram-lane",
         action="store_true",
         help="every QUIC packet through aioquic (no DATAGRAM packets handled in C)",
+    )
+    parser.add_argument(
+        "--xdp",
+        choices=[m.value for m in XdpMode],
+        help="XDP front end: off (default), auto (native, else generic), native, generic",
+    )
+    parser.add_argument(
+        "--xdp-interface", metavar="IFNAME", help="interface to attach the XDP front end to"
     )
     parser.add_argument("--session-rate-mbit", type=float, help="per-session bandwidth cap")
     parser.add_argument("--global-rate-mbit", type=float, help="whole-relay bandwidth cap")
@@ -104,6 +121,15 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         cfg = replace(cfg, dataplane=replace(cfg.dataplane, fast_path=False))
     if args.no_datagram_lane:
         cfg = replace(cfg, dataplane=replace(cfg.dataplane, datagram_lane=False))
+    if args.xdp:
+        cfg = replace(cfg, xdp=replace(cfg.xdp, mode=XdpMode(args.xdp)))
+    if args.xdp_interface:
+        problem = interface_name_problem(args.xdp_interface)
+        if problem:
+            raise ConfigError("--xdp-interface", None, problem)
+        cfg = replace(cfg, xdp=replace(cfg.xdp, interface=args.xdp_interface))
+    if cfg.xdp.mode is not XdpMode.OFF and cfg.xdp.interface is None:
+        raise ConfigError(cfg.source, "xdp.interface", xdp_interface_missing(cfg.xdp.mode))
     if args.session_rate_mbit is not None:
         cfg = replace(cfg, limits=replace(cfg.limits, session_rate_mbit=args.session_rate_mbit))
     if args.global_rate_mbit is not None:

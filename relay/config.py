@@ -50,11 +50,15 @@ __all__ = [
     "RoutesConfig",
     "TlsConfig",
     "TunConfig",
+    "XdpConfig",
+    "XdpMode",
+    "interface_name_problem",
     "load_config",
     "parse_config",
     "parse_host_port",
     "path_from_uri_template",
     "token_problem",
+    "xdp_interface_missing",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -101,6 +105,19 @@ class CarrierMode(enum.StrEnum):
     "HTTP/3 Datagrams (RFC 9297) where the client supports them, else DATAGRAM capsules."
     CAPSULE = "capsule"
     "Always DATAGRAM capsules on the CONNECT stream (reliable; for lossy middleboxes)."
+
+
+class XdpMode(enum.StrEnum):
+    """Whether and how the relay attaches its XDP front end (relay/xdp.py)."""
+
+    OFF = "off"
+    "No XDP: every packet reaches the relay through its UDP socket."
+    AUTO = "auto"
+    "Native (driver) mode where the driver supports it, else generic mode."
+    NATIVE = "native"
+    "Driver mode only."
+    GENERIC = "generic"
+    "Generic (SKB) mode only: works on any interface, with less benefit."
 
 
 # -- the configuration ----------------------------------------------------------
@@ -214,6 +231,19 @@ class DataplaneConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class XdpConfig:
+    """The XDP front end on the interface the relay's QUIC traffic arrives on."""
+
+    mode: XdpMode = XdpMode.OFF
+    interface: str | None = None
+    "The interface to attach to; required unless ``mode`` is ``off``."
+    handshake_rate_pps: int = 1000
+    "Long-header (handshake) packets per second per source (IPv4 address, IPv6 /64); 0: no limit."
+    handshake_burst: int = 100
+    "Long-header packets a source may send at once before the rate applies."
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Resource limits."""
 
@@ -256,6 +286,7 @@ class RelayConfig:
     tun: TunConfig = field(default_factory=TunConfig)
     carrier: CarrierConfig = field(default_factory=CarrierConfig)
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
+    xdp: XdpConfig = field(default_factory=XdpConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -325,6 +356,12 @@ send_queue_packets = 1024  # per-session send queue bound
 [dataplane]
 fast_path = true           # false: pure-Python packet path (comparison, debugging)
 datagram_lane = true       # false: every QUIC packet through aioquic (needs fast_path)
+
+[xdp]
+mode = "off"               # "auto" (native, else generic), "native", "generic" or "off"
+# interface = "eth0"       # where the QUIC traffic arrives; required unless mode = "off"
+handshake_rate_pps = 1000  # long-header packets/s per source address (IPv6: per /64); 0: no limit
+handshake_burst = 100      # long-header packets a source may send at once
 
 [limits]
 idle_timeout = 300.0       # seconds
@@ -407,6 +444,7 @@ def path_from_uri_template(template: str, *, host: str = "localhost", port: int 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 _IFNAME = re.compile(r"[^/\s:]{1,15}")
+_U32_MAX = 0xFFFFFFFF
 
 # Special-purpose ranges a pool must not touch (RFC 6890 and friends).
 _FORBIDDEN_V4 = tuple(
@@ -552,6 +590,7 @@ class _Parser:
             tun=self._tun(root.table("tun")),
             carrier=self._carrier(root.table("carrier")),
             dataplane=self._dataplane(root.table("dataplane")),
+            xdp=self._xdp(root.table("xdp")),
             limits=self._limits(root.table("limits")),
             log=self._log(root.table("log")),
             metrics=self._metrics(root.table("metrics")),
@@ -724,6 +763,30 @@ class _Parser:
         t.finish()
         return DataplaneConfig(fast_path=fast_path, datagram_lane=datagram_lane)
 
+    def _xdp(self, t: _Table) -> XdpConfig:
+        mode_text = t.string("mode", XdpMode.OFF.value)
+        try:
+            mode = XdpMode(mode_text)
+        except ValueError:
+            choices = ", ".join(repr(m.value) for m in XdpMode)
+            raise t.error("mode", f"must be one of {choices}, not {mode_text!r}") from None
+        interface: str | None = None
+        if t.has("interface"):
+            interface = t.string("interface", "")
+            problem = interface_name_problem(interface)
+            if problem:
+                raise t.error("interface", problem)
+        else:
+            t.raw("interface")
+        rate = t.integer("handshake_rate_pps", 1000, 0, _U32_MAX)
+        burst = t.integer("handshake_burst", 100, 1, _U32_MAX)
+        t.finish()
+        if mode is not XdpMode.OFF and interface is None:
+            raise t.error("interface", xdp_interface_missing(mode))
+        return XdpConfig(
+            mode=mode, interface=interface, handshake_rate_pps=rate, handshake_burst=burst
+        )
+
     def _limits(self, t: _Table) -> LimitsConfig:
         idle = t.number("idle_timeout", 300.0, 1.0, 7 * 24 * 3600.0)
         max_sessions = t.integer("max_sessions", 1024, 1, 1 << 24)
@@ -793,6 +856,21 @@ def _valid_host(host: str) -> bool:
     except ValueError:
         return bool(_HOSTNAME.fullmatch(host))
     return True
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a network interface name, or ``None`` if it can."""
+    if not _IFNAME.fullmatch(name) or name in (".", ".."):
+        return f"{name!r} is not an interface name (1-15 chars, no '/', ':' or spaces)"
+    return None
+
+
+def xdp_interface_missing(mode: XdpMode) -> str:
+    """The problem of an ``[xdp]`` table with a mode but no interface."""
+    return (
+        f"required when xdp.mode is {mode.value!r}: name the interface the relay's "
+        'QUIC traffic arrives on (e.g. "eth0"; --xdp-interface on the command line)'
+    )
 
 
 def token_problem(token: str) -> str | None:

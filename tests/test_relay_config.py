@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from relay.cli import build_parser, config_from_args
 from relay.config import (
     DEFAULT_PATH_TEMPLATE,
     EXAMPLE_TOML,
     CarrierMode,
     ConfigError,
     RelayConfig,
+    XdpConfig,
+    XdpMode,
     load_config,
     parse_config,
     path_from_uri_template,
@@ -42,6 +45,9 @@ def test_no_config_gives_safe_defaults() -> None:
     assert cfg.carrier.mode is CarrierMode.DATAGRAM and not cfg.carrier.compat_length_framing
     assert cfg.metrics.listen is None
     assert cfg.log.level == "info"
+    assert cfg.xdp == XdpConfig(
+        mode=XdpMode.OFF, interface=None, handshake_rate_pps=1000, handshake_burst=100
+    )
 
 
 def test_config_is_frozen() -> None:
@@ -66,6 +72,7 @@ def test_example_commented_keys_are_valid_too() -> None:
     assert cfg.auth.client_ca_file == Path("/etc/masque-relay/clients-ca.pem")
     assert cfg.nat.egress_interface == "eth0"
     assert cfg.auth.tokens_file_required
+    assert cfg.xdp.interface == "eth0" and cfg.xdp.mode is XdpMode.OFF
 
 
 def test_readme_toml_examples_parse() -> None:
@@ -231,6 +238,21 @@ BAD = [
     ("[auth]\ntokens_file = ''", "auth.tokens_file", "must not be empty"),
     ("[tls]\ncert_file = 'x.pem'\nkey_file = 'x.pem'", "tls.key_file", "must differ"),
     ("[tls]\nnames = ['ok.example', 'bad name']", "tls.names[1]", "DNS name"),
+    ("[xdp]\nmode = 'fast'", "xdp.mode", "'off', 'auto', 'native', 'generic'"),
+    ("[xdp]\nmode = true", "xdp.mode", "must be a string"),
+    ("[xdp]\nmode = 'auto'", "xdp.interface", "required when xdp.mode is 'auto'"),
+    ("[xdp]\nmode = 'native'", "xdp.interface", "required when xdp.mode is 'native'"),
+    ("[xdp]\nmode = 'generic'\ninterface = 'a/b'", "xdp.interface", "not an interface name"),
+    ("[xdp]\ninterface = 'much-too-long-name0'", "xdp.interface", "not an interface name"),
+    ("[xdp]\ninterface = ''", "xdp.interface", "not an interface name"),
+    ("[xdp]\ninterface = 3", "xdp.interface", "must be a string"),
+    ("[xdp]\nhandshake_rate_pps = -1", "xdp.handshake_rate_pps", "between 0 and 4294967295"),
+    ("[xdp]\nhandshake_rate_pps = 4294967296", "xdp.handshake_rate_pps", "between 0"),
+    ("[xdp]\nhandshake_rate_pps = 1.5", "xdp.handshake_rate_pps", "must be an integer"),
+    ("[xdp]\nhandshake_burst = 0", "xdp.handshake_burst", "between 1 and 4294967295"),
+    ("[xdp]\nhandshake_burst = '10'", "xdp.handshake_burst", "must be an integer"),
+    ("[xdp]\nhandshake_rate = 5", "xdp.handshake_rate", "did you mean 'handshake_rate_pps'"),
+    ("xdp = 'auto'", "xdp", "must be a table"),
 ]
 
 
@@ -294,3 +316,63 @@ def test_with_replaced_config_still_compares_by_value() -> None:
     cfg = load_config(None)
     changed = dataclasses.replace(cfg, tun=dataclasses.replace(cfg.tun, mtu=1300))
     assert changed != cfg and changed.tun.mtu == 1300
+
+
+# -- [xdp] and its command-line options -------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", list(XdpMode))
+def test_xdp_table(mode: XdpMode) -> None:
+    cfg = parse_config(
+        f"[xdp]\nmode = '{mode.value}'\ninterface = 'enp1s0'\n"
+        "handshake_rate_pps = 0\nhandshake_burst = 4294967295\n"
+    )
+    assert cfg.xdp == XdpConfig(
+        mode=mode, interface="enp1s0", handshake_rate_pps=0, handshake_burst=0xFFFFFFFF
+    )
+    assert cfg.xdp.mode is mode
+
+
+def test_xdp_off_needs_no_interface_and_keeps_one_given() -> None:
+    assert parse_config("[xdp]\nmode = 'off'\n").xdp.interface is None
+    assert parse_config("[xdp]\ninterface = 'eth1'\n").xdp == XdpConfig(interface="eth1")
+
+
+def _cli(*argv: str) -> RelayConfig:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_xdp_command_line_options() -> None:
+    assert _cli().xdp == XdpConfig()
+    cfg = _cli("--xdp", "native", "--xdp-interface", "veth0")
+    assert cfg.xdp == XdpConfig(mode=XdpMode.NATIVE, interface="veth0")
+
+
+def test_xdp_command_line_overrides_the_file(tmp_path: Path) -> None:
+    conf = tmp_path / "relay.toml"
+    conf.write_text("[xdp]\nmode = 'auto'\ninterface = 'eth0'\nhandshake_burst = 7\n")
+    assert _cli("-c", str(conf)).xdp == XdpConfig(XdpMode.AUTO, "eth0", 1000, 7)
+    assert _cli("-c", str(conf), "--xdp", "off").xdp.mode is XdpMode.OFF
+    cfg = _cli("-c", str(conf), "--xdp", "generic", "--xdp-interface", "eth1")
+    assert cfg.xdp == XdpConfig(XdpMode.GENERIC, "eth1", 1000, 7)
+    # The file names the interface, the command line turns XDP on.
+    conf.write_text("[xdp]\ninterface = 'eth2'\n")
+    assert _cli("-c", str(conf), "--xdp", "auto").xdp == XdpConfig(XdpMode.AUTO, "eth2")
+
+
+def test_xdp_command_line_without_interface_is_an_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        _cli("--xdp", "auto")
+    assert info.value.key == "xdp.interface"
+    assert "--xdp-interface" in info.value.problem
+
+
+def test_xdp_command_line_interface_is_validated() -> None:
+    with pytest.raises(ConfigError, match="not an interface name"):
+        _cli("--xdp", "auto", "--xdp-interface", "no/slash")
+
+
+def test_xdp_command_line_mode_is_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--xdp", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
