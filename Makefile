@@ -82,7 +82,8 @@ asan: venv
 	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  tests/test_fastpath_checksum.py tests/test_fastpath_batch.py tests/test_fastpath_lpm.py \
 	  tests/test_fastpath_pktcheck.py tests/test_fastpath_udp.py tests/test_fastpath_tun.py \
-	  tests/test_fastpath_gro.py tests/test_fastpath_quic.py tests/test_lane.py
+	  tests/test_fastpath_gro.py tests/test_fastpath_quic.py tests/test_lane.py \
+	  tests/test_fastpath_xsk.py
 
 clean:
 	rm -rf build *.egg-info _fastpath/_core.c _fastpath/*.so bench/results

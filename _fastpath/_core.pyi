@@ -334,3 +334,88 @@ def quic_lane_receive(
     """Unprotect one UDP payload (a copy) and append the DATAGRAM payloads that start
     with ``prefix`` to ``out`` without it; None: aioquic must have the packet.
     ``(packet_number, ack_eliciting, ack, other_payloads)`` otherwise."""
+
+# -- xsk.pxi -------------------------------------------------------------------
+
+class XskSocket:
+    """An AF_XDP socket bound to one queue of an interface, with its own UMEM (half the
+    frames for RX on the fill ring, half for TX). ``zero_copy=None`` tries zero-copy
+    and falls back to copy mode. Created in the calling thread's network namespace;
+    put :meth:`fileno` into the XDP program's XSKMAP at index ``queue``. For event
+    loops: ``loop.add_reader(xsk.fileno(), ...)`` (readable while the RX ring holds
+    descriptors), then :meth:`recv_batch`."""
+
+    def __init__(
+        self,
+        ifindex: int,
+        queue: int = 0,
+        *,
+        frames: int = 4096,
+        frame_size: int = 2048,
+        zero_copy: bool | None = None,
+        tx_budget: int = 256,
+    ) -> None: ...
+    def close(self) -> None:
+        """Unmap the rings and the UMEM, close the fd; idempotent."""
+    @property
+    def closed(self) -> bool: ...
+    def fileno(self) -> int: ...
+    @property
+    def ifindex(self) -> int: ...
+    @property
+    def queue(self) -> int: ...
+    @property
+    def mode(self) -> str:
+        """``"zero-copy"`` or ``"copy"``."""
+    @property
+    def frames(self) -> int: ...
+    @property
+    def frame_size(self) -> int: ...
+    @property
+    def tx_budget(self) -> int:
+        """XDP_MAX_TX_SKB_BUDGET in effect; 0 = the kernel's default (32)."""
+    @property
+    def rx_pending(self) -> int:
+        """Descriptors waiting on the RX ring."""
+    @property
+    def tx_free(self) -> int:
+        """TX frames free now."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """rx_packets, rx_bytes, rx_dropped_not_udp, rx_dropped_too_big, fill_refills,
+        tx_packets, tx_bytes, tx_full, tx_dropped_too_big, tx_completions,
+        tx_kick_errors, wakeups; kernel_* (XDP_STATISTICS) while open."""
+    def recv_batch(
+        self, batch: PacketBatch, max_packets: int = 64
+    ) -> list[tuple[tuple[str, int], tuple[str, int], bytes]]:
+        """Append up to ``max_packets`` UDP payloads to ``batch`` without waiting; one
+        ``((src_ip, src_port), (dst_ip, dst_port), src_mac)`` per packet."""
+    def send_batch(
+        self,
+        batch: PacketBatch,
+        count: int,
+        src: tuple[str, int],
+        dst: tuple[str, int],
+        src_mac: Buffer,
+        dst_mac: Buffer,
+    ) -> int:
+        """Send packets ``0 .. count-1`` of ``batch`` as UDP payloads; returns how many
+        from the front were handled (queued or dropped as too big), the rest tx_full."""
+    def send_list(
+        self,
+        payloads: Iterable[Buffer],
+        src: tuple[str, int],
+        dst: tuple[str, int],
+        src_mac: Buffer,
+        dst_mac: Buffer,
+    ) -> int:
+        """:meth:`send_batch` for a sequence of payloads."""
+    def flush(self) -> int:
+        """Kick the kernel for descriptors still on the TX ring; returns how many remain."""
+    def __enter__(self) -> XskSocket: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
