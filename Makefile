@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Debian packages: the BPF toolchain, the network tools the tests and demo drive,
 # and what the venv needs to build the extension.
 APT_PACKAGES := clang llvm libbpf-dev libxdp-dev xdp-tools bpftool libssl-dev \
-                iproute2 nftables iperf3 iputils-ping tcpdump procps \
+                iproute2 ethtool nftables iperf3 iputils-ping tcpdump procps \
                 gcc make python3 python3-venv python3-dev
 
 .PHONY: all deps apt venv build bpf test demo bench bench-smoke bench-micro lint asan clean distclean

@@ -244,6 +244,8 @@ int MASQUE_PROG_RELAY_XDP(struct xdp_md *ctx)
 	}
 	if (!bpf_map_lookup_elem(&MASQUE_MAP_XDP_CIDS, &cid))
 		return verdict(ctx, MASQUE_XDP_UNKNOWN_CID, XDP_PASS);
+	if (payload_len > MASQUE_XDP_MAX_LANE_PAYLOAD)
+		return verdict(ctx, MASQUE_XDP_PASS_TOO_BIG, XDP_PASS);
 
 	action = bpf_redirect_map(&MASQUE_MAP_XDP_XSKS, ctx->rx_queue_index, XDP_PASS);
 	if (action == XDP_REDIRECT)

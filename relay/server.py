@@ -66,13 +66,14 @@ from relay.auth import (
     request_client_certificate,
 )
 from relay.certs import certificate_names, ensure_certificate
-from relay.config import CarrierMode, RelayConfig
+from relay.config import CarrierMode, RelayConfig, XdpMode
 from relay.dataplane import RelayDataPlane, udp_batch_io
 from relay.ipam import AddressPool, Assignment, PoolExhausted
 from relay.metrics import Metrics
 from relay.nat import NatManager
 from relay.ratelimit import TokenBucket
 from relay.sessions import Carrier, RelaySession, SessionTable
+from relay.xdp_path import XdpPath
 
 if TYPE_CHECKING:
     from _fastpath import PacketBatch
@@ -177,7 +178,7 @@ class RelayProtocol(QuicConnectionProtocol):
                 return
             self.lane = DatagramLane.install(
                 self._quic,
-                send=self.relay.endpoint.send_many,
+                send=self.relay.lane_send,
                 deliver=self.lane_datagram,
                 owner=self,
             )
@@ -258,6 +259,14 @@ class RelayProtocol(QuicConnectionProtocol):
         self.h3.send_headers(stream_id, headers, end_stream=end_stream)
 
 
+def _xdp_counter(relay: RelayServer, reason: str) -> float:
+    return float(relay.xdp.counters().get(reason, 0)) if relay.xdp is not None else 0.0
+
+
+def _xdp_stat(relay: RelayServer, stat: str) -> float:
+    return float(relay.xdp.stats[stat]) if relay.xdp is not None else 0.0
+
+
 def _format_addr(addr: Any) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -297,6 +306,7 @@ class RelayServer:
         self.tun: TunDevice | None = None
         self.nat: NatManager | None = None
         self.lanes: LaneTable | None = None
+        self.xdp: XdpPath | None = None
         self._quic_server: QuicServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -418,6 +428,7 @@ class RelayServer:
         self._quic_server.connection_made(self.endpoint)
         self.endpoint.start()
         log.info("UDP I/O: %s", getattr(self.udp_io, "features", "?"))
+        self._start_xdp(sock, configuration.connection_id_length)
         if cfg.metrics.listen is not None:
             from relay.metrics import serve_metrics
 
@@ -447,6 +458,9 @@ class RelayServer:
             protocol.transmit()
         if self.connections:
             await asyncio.sleep(0.2)  # let the FINs and CONNECTION_CLOSEs leave
+        if self.xdp is not None:
+            self.xdp.close()  # detach: the kernel's UDP path takes over
+            self.xdp = None
         if self._quic_server is not None:
             self._quic_server.close()
         if self._metrics_server is not None:
@@ -457,6 +471,52 @@ class RelayServer:
         if self.nat is not None:
             self.nat.stop()
         self._stopped.set()
+
+    def _start_xdp(self, sock: socket.socket, cid_len: int) -> None:
+        """The AF_XDP path, when configured and possible; the UDP socket path otherwise."""
+        cfg = self.config
+        if cfg.xdp.mode is XdpMode.OFF:
+            return
+        if self.lanes is None:
+            log.warning("XDP needs the datagram lane and the fast path: using the UDP socket path")
+            return
+        assert self._quic_server is not None
+        self.xdp = XdpPath.open(
+            cfg.xdp,
+            self.lanes,
+            port=cfg.listen.port,
+            cid_len=cid_len,
+            to_aioquic=self._quic_server.datagram_received,
+            end_batch=self._transmit_dirty,
+            fallback_send=self.endpoint.send_many,
+            mapped=sock.family == socket.AF_INET6,
+        )
+        if self.xdp is None:
+            return
+        self.xdp.start(asyncio.get_running_loop())
+        xdp = self.xdp
+        self.metrics.gauge(
+            "masque_relay_xdp_info", "The XDP front end in use (value 1).", labels=("mode",)
+        ).child(mode=xdp.mode).value = 1
+        packets = self.metrics.gauge(
+            "masque_relay_xdp_packets",
+            "Packets the XDP program saw, by verdict reason (see bpf/include/masque_bpf.h).",
+            labels=("reason",),
+        )
+        for reason in xdp.counters():
+            packets.child(reason=reason).set_function(functools.partial(_xdp_counter, self, reason))
+        path = self.metrics.gauge(
+            "masque_relay_xdp_path", "Datagrams through the AF_XDP sockets.", labels=("stat",)
+        )
+        for stat in xdp.stats:
+            path.child(stat=stat).set_function(functools.partial(_xdp_stat, self, stat))
+
+    def lane_send(self, packets: list[bytes], addr: Any) -> None:
+        """How the lanes send: the AF_XDP TX ring when attached, else the UDP socket."""
+        if self.xdp is not None:
+            self.xdp.send_many(packets, addr)
+        else:
+            self.endpoint.send_many(packets, addr)
 
     def request_key_updates(self) -> None:
         """Start a key update on every connection (SIGUSR1); the lanes follow."""

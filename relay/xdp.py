@@ -95,6 +95,7 @@ REASONS: Final = (
     "drop_handshake_rate",
     "pass_no_xsk",
     "pass_disabled",
+    "pass_too_big",
 )
 
 # struct masque_xdp_config: flags, addr4 (network order), addr6, port (network

@@ -672,6 +672,7 @@ def test_counters_follow_real_traffic(veth: Veth, mode: str) -> None:
         "drop_handshake_rate": 0,
         "pass_no_xsk": 2,
         "pass_disabled": 0,
+        "pass_too_big": 0,
     }
     eth_ip4_udp = 14 + 20 + 8
     assert report["bytes"]["drop_fixed_bit"] == eth_ip4_udp + len(FIXED_BIT_CLEAR)

@@ -146,6 +146,8 @@ MASQUE_STATIC_ASSERT(sizeof(enum masque_proto_slot) == sizeof(__u32),
  *     CID known, bpf_redirect_map(MASQUE_MAP_XDP_XSKS, rx_queue_index,
  *     XDP_PASS) finds a socket           REDIRECT  MASQUE_XDP_REDIRECT
  *     CID known, no socket at that index PASS      MASQUE_XDP_PASS_NO_XSK
+ *     CID known, payload > MASQUE_XDP_MAX_LANE_PAYLOAD (a GSO super-packet
+ *     on a software link)                PASS      MASQUE_XDP_PASS_TOO_BIG
  *
  * Redirected frames are Ethernet, up to MASQUE_VLAN_MAX_DEPTH VLAN tags,
  * IPv4 (IHL may exceed 5, never a fragment) or IPv6 (no extension header),
@@ -236,6 +238,14 @@ MASQUE_STATIC_ASSERT(sizeof(enum masque_proto_slot) == sizeof(__u32),
  * of up to 1 + cid_len + 19 bytes) pass to the kernel as unknown CIDs.
  */
 #define MASQUE_XDP_SHORT_MIN_AFTER_CID 20
+/*
+ * Largest UDP payload redirected to the lane's AF_XDP socket. One QUIC packet
+ * on an Ethernet link is at most ~1500 bytes; a larger "datagram" is a GSO
+ * super-packet a software link (veth) delivers whole to generic XDP, which an
+ * AF_XDP frame cannot hold: it passes to the kernel's UDP stack (GRO), where
+ * the lane still gets it through the socket path.
+ */
+#define MASQUE_XDP_MAX_LANE_PAYLOAD 1700
 
 /* struct masque_xdp_config.flags */
 #define MASQUE_XDP_F_ENABLED 0x1u /* act on packets; clear: pass everything */
@@ -299,7 +309,8 @@ enum masque_xdp_reason {
 	MASQUE_XDP_DROP_HANDSHAKE_RATE = 6, /* long header over its source's rate */
 	MASQUE_XDP_PASS_NO_XSK = 7,         /* lane CID, but no socket on this RX queue */
 	MASQUE_XDP_PASS_DISABLED = 8,       /* config disabled or unusable: passed */
-	MASQUE_XDP_REASON_COUNT = 9,        /* number of slots = the map's max_entries */
+	MASQUE_XDP_PASS_TOO_BIG = 9,        /* lane CID, larger than one lane packet: passed */
+	MASQUE_XDP_REASON_COUNT = 10,       /* number of slots = the map's max_entries */
 };
 
 struct masque_xdp_counter {
