@@ -45,7 +45,7 @@ CARRIERS = ("datagram", "capsule")
 FEATURES: dict[str, str] = {
     "fast-path": "--fast-path",
     "datagram-lane": "--datagram-lane",
-    "af-xdp": "--af-xdp",
+    "af-xdp": "--xdp",  # + native mode on the relay's client-facing veth (start_relay)
 }
 #: Features that are on by default in relay and client: off is asked for with this
 #: option (given to both), on is the default (nothing to pass).
@@ -64,7 +64,7 @@ def feature_args(config: Config) -> list[str]:
         if name in OFF_OPTIONS:
             if name not in config.features:
                 args.append(OFF_OPTIONS[name])
-        elif name in config.features:
+        elif name in config.features and name != "af-xdp":
             args.append(FEATURES[name])
     return args
 
@@ -338,6 +338,9 @@ def start_relay(
     if pool_v4 is not None:
         argv += ["--pool-v4", pool_v4]
     argv += feature_args(config)
+    if "af-xdp" in config.features:
+        # The relay's AF_XDP path on the link the client's packets arrive on.
+        argv += ["--xdp", "native", "--xdp-interface", bed.relay_client_link.ifname]
     relay = BenchProcess(bed, bed.relay_ns, argv, name="relay")
     try:
         pin = relay.wait_for("certificate", timeout=30)["sha256"]
