@@ -145,6 +145,11 @@ class RouteLookup:
     prefsrc: IPAddress | None
 
 
+# <linux/neighbour.h> NUD states of an entry without a usable link-layer address.
+_NUD_INCOMPLETE = 0x01
+_NUD_FAILED = 0x20
+
+
 def _gone(exc: OSError) -> bool:
     return exc.errno in _GONE
 
@@ -328,6 +333,24 @@ class Netlink:
                 )
             )
         return routes
+
+    def neighbour(self, index: int, address: IPAddress) -> bytes | None:
+        """The link-layer address of ``address`` on interface ``index`` (``ip neigh``).
+
+        None when the kernel has no usable entry (none, INCOMPLETE or FAILED).
+        """
+
+        def lookup(ipr: Any) -> bytes | None:
+            family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+            for msg in ipr.get_neighbours(family=family, ifindex=index, dst=str(address)):
+                if msg["state"] & (_NUD_INCOMPLETE | _NUD_FAILED):
+                    continue
+                lladdr = msg.get("NDA_LLADDR")
+                if lladdr:
+                    return bytes.fromhex(str(lladdr).replace(":", ""))
+            return None
+
+        return self._call(f"look up neighbour {address}", lookup)
 
     def route_get(self, dst: IPAddress) -> RouteLookup:
         """Ask the kernel how it would route a packet to ``dst`` (``ip route get``).

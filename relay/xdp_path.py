@@ -12,22 +12,28 @@ XdpPath reads the sockets in batches and offers each datagram to the lanes;
 what a lane does not take (a key-phase change, another frame...) is handed to
 aioquic exactly as if it had come through the UDP socket. The lanes' packets to
 a peer seen this way leave through the same socket's TX ring, with Ethernet,
-IP and UDP headers built in C, from the address the peer wrote to, to the MAC
-its packets came from (the next hop on this link). A peer not seen on the XDP
-path yet is sent to through the UDP socket.
+IP and UDP headers built in C, from the address the peer wrote to. The
+destination MAC is the next hop's: the kernel's route to the peer (netlink)
+names the gateway, or the peer itself when on-link, and the neighbour table
+its MAC; both are looked up again every few seconds, so a changed neighbour
+is followed. A peer whose route leaves by another interface, or not seen on
+the XDP path yet, is sent to through the UDP socket.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netio.compiled import fastpath
 from netio.lane import DatagramLane, LaneTable
+from netio.netlink import Netlink
 from relay.config import XdpConfig, XdpMode
 from relay.xdp import XdpFrontEnd, XdpUnavailable
 
@@ -42,6 +48,8 @@ Address = tuple[Any, ...]
 
 #: Datagrams taken from one socket per wake-up.
 RX_BATCH = 64
+#: Seconds after which a peer's next hop (route, neighbour MAC) is looked up again.
+NEXT_HOP_REFRESH_S = 5.0
 
 
 class XdpPath:
@@ -69,8 +77,10 @@ class XdpPath:
         self._sockets: list[XskSocket] = []
         self._batch: PacketBatch = module.PacketBatch(RX_BATCH, 2048, 0)
         self._mac = _interface_mac(front.ifname)
-        # Peer address (as aioquic spells it) -> (socket, our address, its address, next-hop MAC).
-        self._routes: dict[Address, tuple[XskSocket, Address, Address, bytes]] = {}
+        # Peer address (as aioquic spells it) -> (socket, our address, its address,
+        # next-hop MAC or None: send through the UDP socket, when resolved).
+        self._routes: dict[Address, tuple[XskSocket, Address, Address, bytes | None, float]] = {}
+        self._netlink = Netlink()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = {"rx": 0, "to_aioquic": 0, "tx": 0, "tx_fallback": 0, "tx_full": 0}
 
@@ -157,6 +167,7 @@ class XdpPath:
             sock.close()
         self._sockets.clear()
         self._routes.clear()
+        self._netlink.close()
         if self._lanes.cid_observer is self:
             self._lanes.cid_observer = None
         self.front.close()
@@ -181,11 +192,13 @@ class XdpPath:
             self.stats["rx"] += len(metas)
             intercept = self._lanes.intercept
             routes = self._routes
+            stale = time.monotonic() - NEXT_HOP_REFRESH_S
             for i, (src, dst, mac) in enumerate(metas):
                 addr = self._spelled(src)
                 route = routes.get(addr)
-                if route is None or route[0] is not sock or route[1] != dst or route[3] != mac:
-                    routes[addr] = (sock, dst, src, mac)
+                if route is None or route[0] is not sock or route[1] != dst or route[4] < stale:
+                    hop_mac = self._next_hop_mac(src[0], mac)
+                    routes[addr] = (sock, dst, src, hop_mac, time.monotonic())
                 data = bytes(batch.view(i))
                 if not intercept(data, addr):
                     self.stats["to_aioquic"] += 1
@@ -193,6 +206,25 @@ class XdpPath:
             if len(metas) < RX_BATCH:
                 break
         self._end_batch()
+
+    def _next_hop_mac(self, peer: str, frame_mac: bytes) -> bytes | None:
+        """The MAC to send ``peer``'s packets to on this link; None: not via XDP."""
+        address = ipaddress.ip_address(peer)
+        try:
+            route = self._netlink.route_get(address)
+        except OSError as error:
+            log.debug("no route to %s (%s): UDP socket path", peer, error)
+            return None
+        if route.oif != self.front.ifindex:
+            return None  # replies leave by another interface: the kernel sends them
+        hop = route.gateway or address
+        try:
+            mac = self._netlink.neighbour(self.front.ifindex, hop)
+        except OSError:
+            mac = None
+        # No entry yet (the kernel has not needed one): the frame's sender is on this
+        # link and is the next hop our peer's packets came through.
+        return mac or frame_mac
 
     def _spelled(self, addr: Address) -> Address:
         if self._mapped and ":" not in addr[0]:
@@ -208,7 +240,11 @@ class XdpPath:
             self.stats["tx_fallback"] += len(packets)
             self._fallback_send(packets, addr)
             return
-        sock, local, peer, mac = route
+        sock, local, peer, mac, _ = route
+        if mac is None:
+            self.stats["tx_fallback"] += len(packets)
+            self._fallback_send(packets, addr)
+            return
         sent = sock.send_list(packets, local, peer, self._mac, mac)
         self.stats["tx"] += sent
         if sent < len(packets):
