@@ -74,6 +74,31 @@ LANE_STATS = (
 )
 
 
+class _Arena:
+    """The packet batches every lane of the process shares (one event-loop thread).
+
+    A connection must not cost ~800 KB of slots: the send batch is used within one
+    call, and the receive batch belongs to one lane at a time (its owner flushes
+    before another lane takes it).
+    """
+
+    def __init__(self, module: Any) -> None:
+        self.tx: PacketBatch = module.PacketBatch(128, 2048, LANE_HEADROOM)
+        # IP packets of the owner's bound session, written by C straight into slots.
+        self.rx: PacketBatch = module.PacketBatch(RX_SLOTS, 2048, 0)
+        self.rx_owner: DatagramLane | None = None
+
+
+_ARENA: _Arena | None = None
+
+
+def _arena(module: Any) -> _Arena:
+    global _ARENA
+    if _ARENA is None:
+        _ARENA = _Arena(module)
+    return _ARENA
+
+
 class CidObserver(Protocol):
     """Told when a connection ID starts or stops leading to a lane."""
 
@@ -114,9 +139,8 @@ class DatagramLane:
         self._peer_cid = b""
         self._peer_addr: Address | None = None
         self._max_frame = internals.local_max_datagram_frame_size(quic)
-        self._tx: PacketBatch = module.PacketBatch(128, 2048, LANE_HEADROOM)
-        # IP packets of the bound session, written by C straight into slots (see bind()).
-        self._rx: PacketBatch = module.PacketBatch(RX_SLOTS, 2048, 0)
+        # Packet arenas shared by every lane of the process (see _Arena).
+        self._arena = _arena(module)
         self._rx_prefix: bytes | None = None  # no session bound: every datagram to deliver
         self._rx_sink: Callable[[PacketBatch], None] | None = None
         # This batch's consumed packet numbers (and whether any asked for an ACK), ACKs seen.
@@ -208,10 +232,15 @@ class DatagramLane:
     def unbind(self) -> None:
         self.flush()
         self._rx_prefix, self._rx_sink = None, None
+        if self._arena.rx_owner is self:
+            self._arena.rx_owner = None
 
     def flush(self) -> None:
         """Hand the bound session's packets received so far to its sink."""
-        rx = self._rx
+        arena = self._arena
+        if arena.rx_owner is not self:
+            return
+        rx = arena.rx
         if rx.count:
             if self._rx_sink is not None:
                 self._rx_sink(rx)
@@ -226,7 +255,12 @@ class DatagramLane:
             # A new address (rebinding, migration): aioquic validates the path first.
             self.stats["handed_to_aioquic"] += 1
             return False
-        rx = self._rx
+        arena = self._arena
+        if arena.rx_owner is not self:
+            if arena.rx_owner is not None:
+                arena.rx_owner.flush()  # another connection's packets go first
+            arena.rx_owner = self
+        rx = arena.rx
         if rx.count > RX_SLOTS - RX_HEADROOM_SLOTS:
             self.flush()
         before = rx.count
@@ -327,7 +361,7 @@ class DatagramLane:
             if not allowed:
                 return 0
             indices = indices[:allowed]
-        tx = self._tx
+        tx = self._arena.tx
         tx.clear()
         for i in indices[: tx.slots]:
             tx.append(batch.view(i))
