@@ -78,6 +78,7 @@ DROP_REASONS = (
     "too_big",
     "no_session",
     "queue_full",
+    "lane_paced",  # refused by the datagram lane's pacing or in-flight bound
     "rate_limited",
     "unknown_context",
     "tun_write",
@@ -381,8 +382,8 @@ class RelayDataPlane:
             session = sessions[sid]
             if session.send_from_batch is not None:
                 sent = session.send_from_batch(session, batch, indices)
-                if sent >= 0:  # the datagram lane took them
-                    self._count_sent(len(indices), sent)
+                if sent >= 0:  # the datagram lane took them (or paced some away)
+                    self._count_sent(len(indices), sent, reason="lane_paced")
                     continue
             if session.carrier is Carrier.DATAGRAM and session.send_datagrams is not None:
                 payloads = fp.frame_datagrams(batch, indices, session.datagram_prefix)
@@ -397,10 +398,10 @@ class RelayDataPlane:
     def _send_to(self, session: RelaySession, packets: list[bytes], count: int) -> None:
         self._count_sent(count, session.send_packets(session, packets))
 
-    def _count_sent(self, count: int, sent: int) -> None:
+    def _count_sent(self, count: int, sent: int, *, reason: str = "queue_full") -> None:
         self._to_client.value += sent
         if sent < count:
-            self.dropped["queue_full"].value += count - sent
+            self.dropped[reason].value += count - sent
 
     # -- ICMP -----------------------------------------------------------------------
 
