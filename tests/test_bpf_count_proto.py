@@ -9,7 +9,6 @@ shared header builds with gcc -Wall -Wextra -Werror the way _fastpath uses it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import shutil
 import struct
 import subprocess
@@ -33,6 +32,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Padding
 
 from relay.libbpf import BpfMap, BpfMapType, BpfObject, BpfProgram, XdpAction
+from tests.bpf_build import build_bpf
 
 ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = ROOT / "bpf"
@@ -115,20 +115,7 @@ def test_shared_header_builds_as_userspace_c(std: str, tmp_path: Path) -> None:
 
 
 def _build_bpf() -> None:
-    if shutil.which("make") is None or shutil.which("clang") is None:
-        if OBJ_PATH.exists():
-            return
-        pytest.fail(f"{OBJ_PATH} is missing and make/clang are not installed: run `make bpf`")
-    # One builder at a time (parallel test runners share bpf/build/).
-    lock_path = BPF_DIR / "build" / ".make.lock"
-    lock_path.parent.mkdir(exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(
-            ["make", "-C", str(BPF_DIR)], capture_output=True, text=True, check=False
-        )
-    assert proc.returncode == 0, f"`make -C bpf` failed:\n{proc.stdout}\n{proc.stderr}"
-    assert OBJ_PATH.exists(), f"`make -C bpf` did not produce {OBJ_PATH}: run `make bpf`"
+    build_bpf(OBJ_PATH)
 
 
 @pytest.fixture(scope="module")
